@@ -48,9 +48,15 @@ class ByteWriter {
   explicit ByteWriter(Bytes& out) : out_(out) {}
 
   void U8(uint8_t v) { out_.push_back(v); }
-  void U16(uint16_t v) { Grow(2, [&](uint8_t* p) { StoreLe16(p, v); }); }
-  void U32(uint32_t v) { Grow(4, [&](uint8_t* p) { StoreLe32(p, v); }); }
-  void U64(uint64_t v) { Grow(8, [&](uint8_t* p) { StoreLe64(p, v); }); }
+  void U16(uint16_t v) {
+    Grow(2, [&](uint8_t* p) { StoreLe16(p, v); });
+  }
+  void U32(uint32_t v) {
+    Grow(4, [&](uint8_t* p) { StoreLe32(p, v); });
+  }
+  void U64(uint64_t v) {
+    Grow(8, [&](uint8_t* p) { StoreLe64(p, v); });
+  }
   void Raw(ByteSpan b) { out_.insert(out_.end(), b.begin(), b.end()); }
   void Raw(std::string_view s) { out_.insert(out_.end(), s.begin(), s.end()); }
   // u16 length prefix then bytes. Precondition: s.size() <= 65535.
@@ -78,10 +84,18 @@ class ByteReader {
  public:
   explicit ByteReader(ByteSpan in) : in_(in) {}
 
-  bool U8(uint8_t& v) { return Take(1, [&](const uint8_t* p) { v = p[0]; }); }
-  bool U16(uint16_t& v) { return Take(2, [&](const uint8_t* p) { v = LoadLe16(p); }); }
-  bool U32(uint32_t& v) { return Take(4, [&](const uint8_t* p) { v = LoadLe32(p); }); }
-  bool U64(uint64_t& v) { return Take(8, [&](const uint8_t* p) { v = LoadLe64(p); }); }
+  bool U8(uint8_t& v) {
+    return Take(1, [&](const uint8_t* p) { v = p[0]; });
+  }
+  bool U16(uint16_t& v) {
+    return Take(2, [&](const uint8_t* p) { v = LoadLe16(p); });
+  }
+  bool U32(uint32_t& v) {
+    return Take(4, [&](const uint8_t* p) { v = LoadLe32(p); });
+  }
+  bool U64(uint64_t& v) {
+    return Take(8, [&](const uint8_t* p) { v = LoadLe64(p); });
+  }
   // Borrows n bytes (valid as long as the input span).
   bool Raw(size_t n, ByteSpan& out) {
     return Take(n, [&](const uint8_t* p) { out = ByteSpan(p, n); });

@@ -69,8 +69,8 @@ inline Status Error(Errc code, std::string message) { return Status(code, std::m
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}                           // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {                      // NOLINT
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {  // NOLINT
     if (std::get<Status>(v_).ok()) v_ = Status(Errc::kInternal, "Result built from an OK Status");
   }
 
@@ -96,10 +96,10 @@ class [[nodiscard]] Result {
 }  // namespace sod
 
 // Propagates a non-OK Status from an expression returning Status.
-#define SOD_RETURN_IF_ERROR(expr)               \
-  do {                                          \
-    ::sod::Status sod_status_ = (expr);         \
-    if (!sod_status_.ok()) return sod_status_;  \
+#define SOD_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::sod::Status sod_status_ = (expr);        \
+    if (!sod_status_.ok()) return sod_status_; \
   } while (0)
 
 #define SOD_CONCAT_INNER_(a, b) a##b

@@ -13,15 +13,8 @@ std::vector<sod::Bytes> FuzzSeeds() {
   c.proof.fill(4);
   sod::ChannelProof p;
   p.proof.fill(5);
-  std::vector<sod::Bytes> seeds;
-  for (auto [which, body] : {std::pair<uint8_t, sod::Bytes>{0, sod::EncodeChannelHello(h)},
-                             {1, sod::EncodeChannelChallenge(c)},
-                             {2, sod::EncodeChannelProof(p)}}) {
-    sod::Bytes b{which};
-    b.insert(b.end(), body.begin(), body.end());
-    seeds.push_back(b);
-  }
-  return seeds;
+  return {TaggedSeed(0, sod::EncodeChannelHello(h)), TaggedSeed(1, sod::EncodeChannelChallenge(c)),
+          TaggedSeed(2, sod::EncodeChannelProof(p))};
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

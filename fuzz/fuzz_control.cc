@@ -7,7 +7,8 @@ std::vector<sod::Bytes> FuzzSeeds() {
   h.suites = {sod::Suite::kAes256Gcm, sod::Suite::kHmacSha256};
   h.data_channels = 4;
   h.host_id = "host-a.example";
-  return {sod::EncodeControl(h), sod::EncodeControl(sod::HelloAckMsg{1, sod::Suite::kAes256Gcm, 2})};
+  return {sod::EncodeControl(h),
+          sod::EncodeControl(sod::HelloAckMsg{1, sod::Suite::kAes256Gcm, 2})};
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -3,36 +3,28 @@
 #include "fuzz_target.h"
 #include "migrate/record.h"
 
-namespace {
-sod::Bytes Tagged(uint8_t which, const sod::Bytes& body) {
-  sod::Bytes b{which};
-  b.insert(b.end(), body.begin(), body.end());
-  return b;
-}
-}  // namespace
-
 std::vector<sod::Bytes> FuzzSeeds() {
   std::vector<sod::Bytes> seeds;
   sod::Bytes chunk(sod::kChunkPrefixSize);
   sod::EncodeChunkPrefix(0, 4096, chunk.data());
   chunk.insert(chunk.end(), 64, 0xaa);
-  seeds.push_back(Tagged(0, chunk));
+  seeds.push_back(TaggedSeed(0, chunk));
   sod::Bytes b;
   sod::EncodeRoundBoundary({1 << 20, 300, 1 << 22}, b);
-  seeds.push_back(Tagged(1, b));
+  seeds.push_back(TaggedSeed(1, b));
   b.clear();
   sod::CommitBody c;
   c.records = 77;
   c.transcript.fill(3);
   c.signature.assign(72, 5);
   sod::EncodeCommit(c, b);
-  seeds.push_back(Tagged(2, b));
+  seeds.push_back(TaggedSeed(2, b));
   b.clear();
   sod::EncodeAbort({sod::Errc::kIntegrity, "record 3: tag mismatch"}, b);
-  seeds.push_back(Tagged(3, b));
+  seeds.push_back(TaggedSeed(3, b));
   b.clear();
   sod::EncodeChannelEnd({12}, b);
-  seeds.push_back(Tagged(4, b));
+  seeds.push_back(TaggedSeed(4, b));
   return seeds;
 }
 

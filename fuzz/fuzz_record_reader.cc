@@ -73,9 +73,7 @@ std::vector<sod::Bytes> FuzzSeeds() {
     auto w = std::move(sod::RecordWriter::Create(q, {SuiteOf(mode), 1}, Keys())).value();
     for (uint64_t i = 0; i < 5; ++i) (void)w->Write(sod::RecordType::kControl, 0, SeedPayload(i));
     (void)w->Finish();
-    sod::Bytes b{mode};
-    b.insert(b.end(), q.all.begin(), q.all.end());
-    seeds.push_back(b);
+    seeds.push_back(TaggedSeed(mode, q.all));
   }
   return seeds;
 }

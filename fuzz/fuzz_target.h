@@ -8,6 +8,7 @@
 // calls FuzzCheckFailed, which aborts so that both drivers report it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -21,9 +22,17 @@ std::vector<sod::Bytes> FuzzSeeds();
   std::fprintf(stderr, "fuzz property violated: %s\n", what);
   std::abort();
 }
-#define FUZZ_CHECK(cond)                    \
-  do {                                      \
-    if (!(cond)) FuzzCheckFailed(#cond);    \
+#define FUZZ_CHECK(cond)                 \
+  do {                                   \
+    if (!(cond)) FuzzCheckFailed(#cond); \
   } while (0)
+
+// A seed for targets whose first input byte selects the decoder.
+inline sod::Bytes TaggedSeed(uint8_t selector, const sod::Bytes& body) {
+  sod::Bytes b(1 + body.size());
+  b[0] = selector;
+  std::copy(body.begin(), body.end(), b.begin() + 1);
+  return b;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);

@@ -67,11 +67,12 @@ Result<ChannelHello> DecodeChannelHello(ByteSpan in) {
   SOD_RETURN_IF_ERROR(ReadPreamble(r, kHelloMagic, "channel hello", kChannelHelloSize, in));
   ChannelHello m;
   uint32_t reserved = 0;
-  if (!r.Raw(m.session_id.data(), m.session_id.size()) || !r.U32(m.channel) ||
-      !r.U32(reserved) || !r.Raw(m.nonce.data(), m.nonce.size()) || !r.done())
+  if (!r.Raw(m.session_id.data(), m.session_id.size()) || !r.U32(m.channel) || !r.U32(reserved) ||
+      !r.Raw(m.nonce.data(), m.nonce.size()) || !r.done())
     return Error(Errc::kMalformed, "channel hello: truncated");
   if (reserved != 0) return Error(Errc::kMalformed, "channel hello: reserved != 0");
-  if (m.channel == 0) return Error(Errc::kMalformed, "channel hello: channel 0 is the control channel");
+  if (m.channel == 0)
+    return Error(Errc::kMalformed, "channel hello: channel 0 is the control channel");
   return m;
 }
 
@@ -89,8 +90,7 @@ Result<ChannelChallenge> DecodeChannelChallenge(ByteSpan in) {
   SOD_RETURN_IF_ERROR(
       ReadPreamble(r, kChallengeMagic, "channel challenge", kChannelChallengeSize, in));
   ChannelChallenge m;
-  if (!r.Raw(m.nonce.data(), m.nonce.size()) || !r.Raw(m.proof.data(), m.proof.size()) ||
-      !r.done())
+  if (!r.Raw(m.nonce.data(), m.nonce.size()) || !r.Raw(m.proof.data(), m.proof.size()) || !r.done())
     return Error(Errc::kMalformed, "channel challenge: truncated");
   return m;
 }
@@ -167,9 +167,9 @@ Status AcceptDataChannel(ByteStream& stream, const SessionKeys& keys, const Chan
     return Error(Errc::kAuth, "channel hello names another session");
   ChannelChallenge ch;
   SOD_RETURN_IF_ERROR(RandomNonce(ch.nonce));
-  SOD_ASSIGN_OR_RETURN(ch.proof, ComputeJoinProof(keys.join_key(), JoinRole::kResponder,
-                                                  hello.session_id, hello.channel, hello.nonce,
-                                                  ch.nonce));
+  SOD_ASSIGN_OR_RETURN(ch.proof,
+                       ComputeJoinProof(keys.join_key(), JoinRole::kResponder, hello.session_id,
+                                        hello.channel, hello.nonce, ch.nonce));
   SOD_RETURN_IF_ERROR(stream.WriteAll(EncodeChannelChallenge(ch)));
   uint8_t buf[kChannelProofSize];
   SOD_RETURN_IF_ERROR(ReadExact(stream, buf));

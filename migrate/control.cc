@@ -56,8 +56,10 @@ std::string_view ControlName(const ControlMsg& m) {
   return std::visit(
       [](const auto& v) -> std::string_view {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, HelloMsg>) return "hello";
-        else return "hello-ack";
+        if constexpr (std::is_same_v<T, HelloMsg>)
+          return "hello";
+        else
+          return "hello-ack";
       },
       m);
 }
@@ -94,8 +96,8 @@ Result<ControlMsg> DecodeControl(ByteSpan payload) {
   ByteReader r(payload);
   uint16_t type = 0;
   if (!r.U16(type)) return Bad("control", "missing message type");
-  Result<ControlMsg> m = Error(Errc::kUnsupported, "control: unknown message type " +
-                                                       std::to_string(type));
+  Result<ControlMsg> m =
+      Error(Errc::kUnsupported, "control: unknown message type " + std::to_string(type));
   switch (static_cast<ControlType>(type)) {
     case ControlType::kHello: {
       auto h = DecodeHello(r);
@@ -119,11 +121,11 @@ Result<HelloAckMsg> NegotiateHello(const HelloMsg& hello, const std::vector<Suit
   uint16_t lo = std::max(hello.version_min, kProtocolVersionMin);
   uint16_t hi = std::min(hello.version_max, kProtocolVersionMax);
   if (lo > hi)
-    return Error(Errc::kUnsupported,
-                 "no common protocol version: peer speaks " + std::to_string(hello.version_min) +
-                     ".." + std::to_string(hello.version_max) + ", we speak " +
-                     std::to_string(kProtocolVersionMin) + ".." +
-                     std::to_string(kProtocolVersionMax));
+    return Error(Errc::kUnsupported, "no common protocol version: peer speaks " +
+                                         std::to_string(hello.version_min) + ".." +
+                                         std::to_string(hello.version_max) + ", we speak " +
+                                         std::to_string(kProtocolVersionMin) + ".." +
+                                         std::to_string(kProtocolVersionMax));
   HelloAckMsg ack;
   ack.version = hi;
   auto it = std::find_if(hello.suites.begin(), hello.suites.end(), [&](Suite s) {

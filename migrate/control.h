@@ -34,7 +34,7 @@ enum class ControlType : uint16_t {
 struct HelloMsg {
   uint16_t version_min = kProtocolVersionMin;
   uint16_t version_max = kProtocolVersionMax;
-  std::vector<Suite> suites;  // in preference order, 1..8 entries
+  std::vector<Suite> suites;   // in preference order, 1..8 entries
   uint16_t data_channels = 1;  // 0..kMaxDataChannels
   std::string host_id;
   bool operator==(const HelloMsg&) const = default;

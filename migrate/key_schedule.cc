@@ -1,8 +1,8 @@
 #include "migrate/key_schedule.h"
 
 #include <openssl/core_names.h>
-#include <openssl/params.h>
 #include <openssl/kdf.h>
+#include <openssl/params.h>
 
 #include <memory>
 
@@ -54,7 +54,8 @@ Result<SessionKeys> SessionKeys::Create(ByteSpan session_secret) {
   k.secret_ = SecretBytes(session_secret);
   SOD_RETURN_IF_ERROR(HkdfExpand(k.secret_.span(), "session id", {}, k.session_id_));
   k.transcript_key_ = SecretBytes(32);
-  SOD_RETURN_IF_ERROR(HkdfExpand(k.secret_.span(), "transcript", {}, k.transcript_key_.mutable_span()));
+  SOD_RETURN_IF_ERROR(
+      HkdfExpand(k.secret_.span(), "transcript", {}, k.transcript_key_.mutable_span()));
   k.join_key_ = SecretBytes(32);
   SOD_RETURN_IF_ERROR(HkdfExpand(k.secret_.span(), "channel join", {}, k.join_key_.mutable_span()));
   return k;

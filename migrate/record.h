@@ -61,7 +61,8 @@ size_t SuiteTagSize(Suite s);
 // before it reads (and allocates for) the payload, and by the writer before it seals.
 uint32_t MaxPayload(RecordType t);
 // The largest record on the wire: header + largest payload + largest tag.
-inline constexpr size_t kMaxDataChunk = 1u << 20;  // data bytes in one kStream/kDeviceState/kVtpmState
+inline constexpr size_t kMaxDataChunk = 1u
+                                        << 20;  // data bytes in one kStream/kDeviceState/kVtpmState
 size_t MaxRecordSize();
 
 struct RecordHeader {

@@ -29,9 +29,8 @@ Result<std::unique_ptr<RecordWriter>> RecordWriter::Create(SendQueue& out,
   if (out.max_buffer() < MaxRecordSize())
     return Error(Errc::kInvalidArgument, "send queue buffers are smaller than the largest record");
   SOD_ASSIGN_OR_RETURN(auto protector, ProtectorFor(params, keys));
-  SOD_ASSIGN_OR_RETURN(
-      TranscriptMac t,
-      TranscriptMac::Create(keys.transcript_key(), params.channel, params.direction));
+  SOD_ASSIGN_OR_RETURN(TranscriptMac t, TranscriptMac::Create(keys.transcript_key(), params.channel,
+                                                              params.direction));
   return std::unique_ptr<RecordWriter>(
       new RecordWriter(out, params, std::move(protector), std::move(t)));
 }
@@ -121,9 +120,8 @@ Result<std::unique_ptr<RecordReader>> RecordReader::Create(ByteStream& in,
                                                            const SessionKeys& keys,
                                                            size_t buffer_size) {
   SOD_ASSIGN_OR_RETURN(auto protector, ProtectorFor(params, keys));
-  SOD_ASSIGN_OR_RETURN(
-      TranscriptMac t,
-      TranscriptMac::Create(keys.transcript_key(), params.channel, params.direction));
+  SOD_ASSIGN_OR_RETURN(TranscriptMac t, TranscriptMac::Create(keys.transcript_key(), params.channel,
+                                                              params.direction));
   if (buffer_size < MaxRecordSize()) buffer_size = MaxRecordSize();
   return std::unique_ptr<RecordReader>(
       new RecordReader(in, params, std::move(protector), std::move(t), buffer_size));
@@ -147,10 +145,9 @@ Status RecordReader::Fill(size_t n, const char* what) {
       Status s = got.status();
       if (s.code() != Errc::kClosed) return s;
       if (end_ == begin_ && std::strcmp(what, "header") == 0)
-        return Error(ended_ ? Errc::kClosed : Errc::kTruncated,
-                     ended_ ? "channel ended"
-                            : "stream closed after record " + std::to_string(next_sequence_) +
-                                  " without a channel-end record");
+        return Error(Errc::kTruncated, "stream closed after record " +
+                                           std::to_string(next_sequence_) +
+                                           " without a channel-end record");
       return Error(Errc::kTruncated, std::string("stream closed inside a record ") + what +
                                          " (record " + std::to_string(next_sequence_) + ")");
     }
@@ -167,12 +164,17 @@ Result<RecordView> RecordReader::Next() {
 }
 
 Result<RecordView> RecordReader::ReadOne() {
+  if (ended_) {
+    // Never blocks on the transport after the end; bytes that already arrived behind the end
+    // record are a protocol violation.
+    if (end_ != begin_) return Error(Errc::kMalformed, "bytes after the channel-end record");
+    return Error(Errc::kClosed, "channel ended");
+  }
   SOD_RETURN_IF_ERROR(Fill(kRecordHeaderSize, "header"));
-  if (ended_) return Error(Errc::kMalformed, "bytes after the channel-end record");
   ByteSpan header_bytes(buf_.data() + begin_, kRecordHeaderSize);
   SOD_ASSIGN_OR_RETURN(RecordHeader h, DecodeRecordHeader(header_bytes));
-  const std::string rec = "record " + std::to_string(h.sequence) + " (" +
-                          std::string(RecordTypeName(h.type)) + ")";
+  const std::string rec =
+      "record " + std::to_string(h.sequence) + " (" + std::string(RecordTypeName(h.type)) + ")";
   if (h.suite != params_.suite)
     return Error(Errc::kUnsupported, rec + ": suite " + std::string(SuiteName(h.suite)) +
                                          " but the session uses " +

@@ -95,8 +95,8 @@ class RecordReader {
   RecordReader(const RecordReader&) = delete;
   RecordReader& operator=(const RecordReader&) = delete;
 
-  // The next verified record, including the final kChannelEnd (after which Next returns kClosed
-  // once the peer closed, or kMalformed if anything follows).
+  // The next verified record, including the final kChannelEnd. After that, Next returns kClosed
+  // without reading the transport again (kMalformed if bytes already received follow the end).
   Result<RecordView> Next();
 
   bool ended() const { return ended_; }

@@ -1,9 +1,9 @@
 #include "migrate/record_protection.h"
 
 #include <openssl/core_names.h>
-#include <openssl/params.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 
 #include <cstring>
 #include <string>
@@ -35,8 +35,7 @@ class AesGcmProtector final : public RecordProtector {
     // Key schedule once; per record only the IV changes.
     if (EVP_EncryptInit_ex(p->enc_, EVP_aes_256_gcm(), nullptr, keys.aead_key.data(), nullptr) !=
             1 ||
-        EVP_DecryptInit_ex(p->dec_, EVP_aes_256_gcm(), nullptr, keys.aead_key.data(), nullptr) !=
-            1)
+        EVP_DecryptInit_ex(p->dec_, EVP_aes_256_gcm(), nullptr, keys.aead_key.data(), nullptr) != 1)
       return Error(Errc::kCrypto, "AES-256-GCM key setup failed");
     return std::unique_ptr<RecordProtector>(std::move(p));
   }
@@ -69,8 +68,7 @@ class AesGcmProtector final : public RecordProtector {
     return Status::Ok();
   }
 
-  Status Open(uint64_t sequence, ByteSpan header, MutableByteSpan payload,
-              ByteSpan tag) override {
+  Status Open(uint64_t sequence, ByteSpan header, MutableByteSpan payload, ByteSpan tag) override {
     if (tag.size() != kGcmTagSize) return Error(Errc::kInternal, "AES-256-GCM open: tag size");
     uint8_t nonce[kGcmIvSize];
     MakeNonce(sequence, nonce);
@@ -78,9 +76,8 @@ class AesGcmProtector final : public RecordProtector {
     if (EVP_DecryptInit_ex(dec_, nullptr, nullptr, nullptr, nonce) != 1 ||
         EVP_DecryptUpdate(dec_, nullptr, &n, header.data(), static_cast<int>(header.size())) != 1)
       return Error(Errc::kCrypto, "AES-256-GCM open: setup failed");
-    if (!payload.empty() &&
-        EVP_DecryptUpdate(dec_, payload.data(), &n, payload.data(),
-                          static_cast<int>(payload.size())) != 1)
+    if (!payload.empty() && EVP_DecryptUpdate(dec_, payload.data(), &n, payload.data(),
+                                              static_cast<int>(payload.size())) != 1)
       return Error(Errc::kCrypto, "AES-256-GCM open: decrypt failed");
     if (EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_GCM_SET_TAG, kGcmTagSize,
                             const_cast<uint8_t*>(tag.data())) != 1)
@@ -96,7 +93,8 @@ class AesGcmProtector final : public RecordProtector {
   AesGcmProtector() = default;
   void MakeNonce(uint64_t sequence, uint8_t out[kGcmIvSize]) const {
     std::memcpy(out, iv_.data(), kGcmIvSize);
-    for (int i = 0; i < 8; ++i) out[kGcmIvSize - 1 - i] ^= static_cast<uint8_t>(sequence >> (8 * i));
+    for (int i = 0; i < 8; ++i)
+      out[kGcmIvSize - 1 - i] ^= static_cast<uint8_t>(sequence >> (8 * i));
   }
   SecretBytes iv_;
   EVP_CIPHER_CTX* enc_ = nullptr;
@@ -176,7 +174,8 @@ Result<std::unique_ptr<RecordProtector>> MakeRecordProtector(Suite suite, const 
     case Suite::kInvalid:
       break;
   }
-  return Error(Errc::kUnsupported, "unknown record suite " + std::to_string(static_cast<int>(suite)));
+  return Error(Errc::kUnsupported,
+               "unknown record suite " + std::to_string(static_cast<int>(suite)));
 }
 
 }  // namespace sod

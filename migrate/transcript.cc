@@ -1,8 +1,8 @@
 #include "migrate/transcript.h"
 
 #include <openssl/core_names.h>
-#include <openssl/params.h>
 #include <openssl/crypto.h>
+#include <openssl/params.h>
 
 #include <algorithm>
 #include <utility>

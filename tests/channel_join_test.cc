@@ -82,12 +82,17 @@ TEST(ChannelJoinWireTest, ProofsDependOnEveryInput) {
   auto base = ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 1, a, a);
   ASSERT_TRUE(base.ok());
   auto differs = [&](Result<TranscriptValue> v) { return v.ok() && !TranscriptEqual(*v, *base); };
-  EXPECT_TRUE(differs(ComputeJoinProof(k.join_key(), JoinRole::kResponder, k.session_id(), 1, a, a)));
-  EXPECT_TRUE(differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 2, a, a)));
-  EXPECT_TRUE(differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 1, b, a)));
-  EXPECT_TRUE(differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 1, a, b)));
+  EXPECT_TRUE(
+      differs(ComputeJoinProof(k.join_key(), JoinRole::kResponder, k.session_id(), 1, a, a)));
+  EXPECT_TRUE(
+      differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 2, a, a)));
+  EXPECT_TRUE(
+      differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 1, b, a)));
+  EXPECT_TRUE(
+      differs(ComputeJoinProof(k.join_key(), JoinRole::kInitiator, k.session_id(), 1, a, b)));
   SessionKeys other = KeysFrom(2);
-  EXPECT_TRUE(differs(ComputeJoinProof(other.join_key(), JoinRole::kInitiator, k.session_id(), 1, a, a)));
+  EXPECT_TRUE(
+      differs(ComputeJoinProof(other.join_key(), JoinRole::kInitiator, k.session_id(), 1, a, a)));
 }
 
 // Runs the initiator in a thread against a responder using `responder_keys`.

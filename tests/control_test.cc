@@ -12,7 +12,15 @@ TEST(ControlTest, HelloGoldenAndRoundTrip) {
   h.data_channels = 2;
   h.host_id = "hosta";
   Bytes b = EncodeControl(h);
-  EXPECT_EQ(ToHex(b), "0100" "0100" "0100" "02" "0102" "0200" "0500" "686f737461");
+  EXPECT_EQ(ToHex(b),
+            "0100"
+            "0100"
+            "0100"
+            "02"
+            "0102"
+            "0200"
+            "0500"
+            "686f737461");
   auto d = DecodeControl(b);
   ASSERT_TRUE(d.ok()) << d.status().ToString();
   EXPECT_EQ(std::get<HelloMsg>(*d), h);
@@ -22,7 +30,12 @@ TEST(ControlTest, HelloGoldenAndRoundTrip) {
 TEST(ControlTest, HelloAckGoldenAndRoundTrip) {
   HelloAckMsg a{1, Suite::kHmacSha256, 4};
   Bytes b = EncodeControl(a);
-  EXPECT_EQ(ToHex(b), "0200" "0100" "02" "00" "0400");
+  EXPECT_EQ(ToHex(b),
+            "0200"
+            "0100"
+            "02"
+            "00"
+            "0400");
   auto d = DecodeControl(b);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(std::get<HelloAckMsg>(*d), a);

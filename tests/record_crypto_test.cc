@@ -130,8 +130,7 @@ TEST(TranscriptTest, SessionTranscriptIsOrderIndependentAndRefusesDuplicates) {
   auto s3 = SessionTranscript(k.transcript_key(), {a, b_fewer});
   ASSERT_TRUE(s3.ok());
   EXPECT_FALSE(TranscriptEqual(*s1, *s3)) << "the record count is part of the transcript";
-  EXPECT_EQ(SessionTranscript(k.transcript_key(), {a, a}).status().code(),
-            Errc::kInvalidArgument);
+  EXPECT_EQ(SessionTranscript(k.transcript_key(), {a, a}).status().code(), Errc::kInvalidArgument);
 }
 
 TEST(RecordProtectionTest, IntegrityOnlySuiteLeavesPayloadInClearAeadDoesNot) {

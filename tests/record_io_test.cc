@@ -2,12 +2,13 @@
 // replay, duplicate, truncate, foreign session, foreign channel, suite downgrade) must be refused
 // by the reader with a clear error, no record after the tampered one may be delivered, and the
 // reader must stay failed. Parameterized over both suites.
+#include "migrate/record_io.h"
+
 #include <gtest/gtest.h>
 
 #include <numeric>
 
 #include "fake_transport.h"
-#include "migrate/record_io.h"
 
 namespace sod {
 namespace {
@@ -43,9 +44,9 @@ class RecordIoTest : public ::testing::TestWithParam<Suite> {
     uint64_t offset = 0;
     for (int i = 0; i < n; ++i) {
       Bytes data(100 + 37 * i, static_cast<uint8_t>(i));
-      EXPECT_TRUE((*w)->WriteChunk(RecordType::kStream, static_cast<uint32_t>(i / 2), 0, offset,
-                                   data)
-                      .ok());
+      EXPECT_TRUE(
+          (*w)->WriteChunk(RecordType::kStream, static_cast<uint32_t>(i / 2), 0, offset, data)
+              .ok());
       offset += data.size();
     }
     EXPECT_TRUE((*w)->Finish().ok());
@@ -290,8 +291,7 @@ TEST_P(RecordIoTest, LargestChunkRoundTrips) {
   std::iota(data.begin(), data.end(), 0);
   ASSERT_TRUE((*w)->WriteChunk(RecordType::kStream, 0, 0, 0, data).ok());
   Bytes too_big(kMaxDataChunk + 1);
-  EXPECT_EQ((*w)->WriteChunk(RecordType::kStream, 0, 0, 0, too_big).code(),
-            Errc::kInvalidArgument);
+  EXPECT_EQ((*w)->WriteChunk(RecordType::kStream, 0, 0, 0, too_big).code(), Errc::kInvalidArgument);
   ASSERT_TRUE((*w)->Finish().ok());
   ReadOutcome o = ReadAll(Join(q.commits), k, 65536);
   ASSERT_TRUE(o.status.ok()) << o.status.ToString();

@@ -115,8 +115,8 @@ TEST(RecordBodyTest, RoundBoundaryGoldenAndRoundTrip) {
   RoundBoundaryBody b{0x10, 0x20, 0x30};
   Bytes out;
   EncodeRoundBoundary(b, out);
-  const Bytes golden = {0x10, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0,
-                        0x30, 0, 0, 0, 0, 0, 0, 0};
+  const Bytes golden = {0x10, 0, 0, 0, 0,    0, 0, 0, 0x20, 0, 0, 0,
+                        0,    0, 0, 0, 0x30, 0, 0, 0, 0,    0, 0, 0};
   EXPECT_EQ(out, golden);
   auto d = DecodeRoundBoundary(out);
   ASSERT_TRUE(d.ok());

@@ -1,0 +1,55 @@
+// sodctl: the sod admin CLI. Exit status: 0 success, 1 error (printed to stderr), 2 usage error.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "tools/sodctl_commands.h"
+
+#ifndef SOD_VERSION
+#define SOD_VERSION "unknown"
+#endif
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+int Run(int argc, char** argv) {
+  CLI::App app{"sodctl - administer sod (Security on Demand), secure live migration of VMs",
+               "sodctl"};
+  app.set_version_flag("--version", "sodctl " SOD_VERSION);
+  app.require_subcommand(1);
+  app.footer(
+      "Exit status: 0 on success, 1 on error, 2 on usage error.\n"
+      "Run 'sodctl COMMAND --help' for the options of a command.");
+
+  sod::sodctl::CommandAction action;
+  sod::sodctl::AddPkiCommands(app, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+  if (!action) {
+    std::cerr << "sodctl: no command selected\n" << app.help();
+    return kExitUsage;
+  }
+  sod::Status status = action();
+  if (!status.ok()) {
+    std::cerr << "sodctl: " << status.ToString() << "\n";
+    return kExitError;
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }
