@@ -16,6 +16,7 @@ std::vector<sod::Bytes> FuzzSeeds() {
   sod::CommitBody c;
   c.records = 77;
   c.transcript.fill(3);
+  c.receipt.assign(200, 6);
   c.signature.assign(72, 5);
   sod::EncodeCommit(c, b);
   seeds.push_back(TaggedSeed(2, b));
@@ -49,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 2: {
       auto r = sod::DecodeCommit(in);
       if (!r.ok()) return 0;
-      FUZZ_CHECK(r->signature.size() <= sod::kMaxSignature);
+      FUZZ_CHECK(r->signature.size() <= sod::kMaxSignature && r->receipt.size() <= sod::kMaxReceipt);
       sod::EncodeCommit(*r, out);
       break;
     }

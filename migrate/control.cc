@@ -17,8 +17,33 @@ bool ValidHostId(std::string_view s) {
   return true;
 }
 
-Result<HelloMsg> DecodeHello(ByteReader& r) {
-  HelloMsg m;
+// Booleans are one byte, 0 or 1; anything else is refused (one encoding per value).
+bool ReadBool(ByteReader& r, bool& out) {
+  uint8_t b = 0;
+  if (!r.U8(b) || b > 1) return false;
+  out = b == 1;
+  return true;
+}
+
+// u32 length then bytes, refusing lengths above max before copying.
+bool ReadBlob32(ByteReader& r, std::string& out, size_t max) {
+  ByteSpan b;
+  if (!r.Blob32(b, max)) return false;
+  out.assign(b.begin(), b.end());
+  return true;
+}
+
+// ---- per-message body codecs
+
+void Put(ByteWriter& w, const HelloMsg& v) {
+  w.U16(v.version_min);
+  w.U16(v.version_max);
+  w.U8(static_cast<uint8_t>(v.suites.size()));
+  for (Suite s : v.suites) w.U8(static_cast<uint8_t>(s));
+  w.U16(v.data_channels);
+  w.Str16(v.host_id);
+}
+Status Get(ByteReader& r, HelloMsg& m) {
   uint8_t n = 0;
   if (!r.U16(m.version_min) || !r.U16(m.version_max) || !r.U8(n)) return Bad("hello", "truncated");
   if (m.version_min == 0 || m.version_min > m.version_max)
@@ -34,11 +59,16 @@ Result<HelloMsg> DecodeHello(ByteReader& r) {
     return Bad("hello", "truncated or host id too long");
   if (m.data_channels > kMaxDataChannels) return Bad("hello", "too many data channels");
   if (!ValidHostId(m.host_id)) return Bad("hello", "invalid host id");
-  return m;
+  return Status::Ok();
 }
 
-Result<HelloAckMsg> DecodeHelloAck(ByteReader& r) {
-  HelloAckMsg m;
+void Put(ByteWriter& w, const HelloAckMsg& v) {
+  w.U16(v.version);
+  w.U8(static_cast<uint8_t>(v.suite));
+  w.U8(0);
+  w.U16(v.data_channels);
+}
+Status Get(ByteReader& r, HelloAckMsg& m) {
   uint8_t suite = 0, reserved = 0;
   if (!r.U16(m.version) || !r.U8(suite) || !r.U8(reserved) || !r.U16(m.data_channels))
     return Bad("hello-ack", "truncated");
@@ -47,21 +77,128 @@ Result<HelloAckMsg> DecodeHelloAck(ByteReader& r) {
     return Error(Errc::kUnsupported, "hello-ack: unknown suite " + std::to_string(suite));
   m.suite = static_cast<Suite>(suite);
   if (m.data_channels > kMaxDataChannels) return Bad("hello-ack", "too many data channels");
-  return m;
+  return Status::Ok();
 }
+
+void Put(ByteWriter& w, const OfferMsg& v) {
+  w.Raw(v.migration_id);
+  w.Str16(v.vm_name);
+  w.Blob32(ByteSpan(reinterpret_cast<const uint8_t*>(v.spec_json.data()), v.spec_json.size()));
+  w.U64(v.ram_bytes);
+  w.U8(v.verify_ram ? 1 : 0);
+  w.U64(v.vtpm_epoch);
+}
+Status Get(ByteReader& r, OfferMsg& m) {
+  if (!r.Raw(m.migration_id.data(), m.migration_id.size()) || !r.Str16(m.vm_name, kMaxVmName) ||
+      !ReadBlob32(r, m.spec_json, kMaxVmSpecJson) || !r.U64(m.ram_bytes) ||
+      !ReadBool(r, m.verify_ram) || !r.U64(m.vtpm_epoch))
+    return Bad("offer", "truncated, over-long field or bad flag");
+  if (m.vm_name.empty()) return Bad("offer", "empty VM name");
+  return Status::Ok();
+}
+
+void Put(ByteWriter& w, const PreparedMsg& v) { w.Str16(v.qemu_version); }
+Status Get(ByteReader& r, PreparedMsg& m) {
+  if (!r.Str16(m.qemu_version, kMaxVersionString)) return Bad("prepared", "truncated");
+  return Status::Ok();
+}
+
+void Put(ByteWriter& w, const SwitchoverCheckMsg& v) { w.U64(v.stream_bytes); }
+Status Get(ByteReader& r, SwitchoverCheckMsg& m) {
+  if (!r.U64(m.stream_bytes)) return Bad("switchover-check", "truncated");
+  return Status::Ok();
+}
+
+void Put(ByteWriter&, const SwitchoverOkMsg&) {}
+Status Get(ByteReader&, SwitchoverOkMsg&) { return Status::Ok(); }
+
+void Put(ByteWriter& w, const CommitAckMsg& v) {
+  w.U64(v.resumed_unix_ms);
+  w.Str16(std::string_view(reinterpret_cast<const char*>(v.signature.data()), v.signature.size()));
+}
+Status Get(ByteReader& r, CommitAckMsg& m) {
+  std::string sig;
+  if (!r.U64(m.resumed_unix_ms) || !r.Str16(sig, kMaxSignature))
+    return Bad("commit-ack", "truncated or signature too long");
+  m.signature.assign(sig.begin(), sig.end());
+  return Status::Ok();
+}
+
+void Put(ByteWriter& w, const QueryOutcomeMsg& v) { w.Raw(v.migration_id); }
+Status Get(ByteReader& r, QueryOutcomeMsg& m) {
+  if (!r.Raw(m.migration_id.data(), m.migration_id.size())) return Bad("query-outcome", "truncated");
+  return Status::Ok();
+}
+
+void Put(ByteWriter& w, const OutcomeMsg& v) {
+  w.Raw(v.migration_id);
+  w.U8(static_cast<uint8_t>(v.outcome));
+  w.U8(v.vm_running ? 1 : 0);
+}
+Status Get(ByteReader& r, OutcomeMsg& m) {
+  uint8_t o = 0;
+  if (!r.Raw(m.migration_id.data(), m.migration_id.size()) || !r.U8(o) ||
+      !ReadBool(r, m.vm_running))
+    return Bad("outcome", "truncated or bad flag");
+  if (o > static_cast<uint8_t>(MigrationOutcome::kAborted))
+    return Error(Errc::kUnsupported, "outcome: unknown outcome " + std::to_string(o));
+  m.outcome = static_cast<MigrationOutcome>(o);
+  return Status::Ok();
+}
+
+// Decodes the alternative of ControlMsg whose kType is `type`.
+template <size_t I = 0>
+Result<ControlMsg> DecodeAlternative(ControlType type, ByteReader& r) {
+  if constexpr (I == std::variant_size_v<ControlMsg>) {
+    return Error(Errc::kUnsupported,
+                 "control: unknown message type " + std::to_string(static_cast<uint16_t>(type)));
+  } else {
+    using T = std::variant_alternative_t<I, ControlMsg>;
+    if (T::kType != type) return DecodeAlternative<I + 1>(type, r);
+    T m;
+    SOD_RETURN_IF_ERROR(Get(r, m));
+    return ControlMsg(std::move(m));
+  }
+}
+
+template <size_t I = 0>
+constexpr bool TypesDistinctAndInOrder() {
+  if constexpr (I == std::variant_size_v<ControlMsg>) {
+    return true;
+  } else {
+    using T = std::variant_alternative_t<I, ControlMsg>;
+    return static_cast<size_t>(T::kType) == I + 1 && TypesDistinctAndInOrder<I + 1>();
+  }
+}
+static_assert(TypesDistinctAndInOrder(), "ControlMsg alternatives must follow ControlType order");
+
+constexpr std::string_view kNames[] = {"invalid",         "hello",         "hello-ack",
+                                       "offer",           "prepared",      "switchover-check",
+                                       "switchover-ok",   "commit-ack",    "query-outcome",
+                                       "outcome"};
+static_assert(std::size(kNames) == std::variant_size_v<ControlMsg> + 1);
 
 }  // namespace
 
+std::string_view ControlTypeName(ControlType t) {
+  auto i = static_cast<size_t>(t);
+  return i < std::size(kNames) ? kNames[i] : "unknown";
+}
+
 std::string_view ControlName(const ControlMsg& m) {
-  return std::visit(
-      [](const auto& v) -> std::string_view {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, HelloMsg>)
-          return "hello";
-        else
-          return "hello-ack";
-      },
-      m);
+  return std::visit([](const auto& v) { return ControlTypeName(v.kType); }, m);
+}
+
+std::string_view MigrationOutcomeName(MigrationOutcome o) {
+  switch (o) {
+    case MigrationOutcome::kCommitted:
+      return "committed";
+    case MigrationOutcome::kAborted:
+      return "aborted";
+    case MigrationOutcome::kUnknown:
+      break;
+  }
+  return "unknown";
 }
 
 Bytes EncodeControl(const ControlMsg& m) {
@@ -69,22 +206,8 @@ Bytes EncodeControl(const ControlMsg& m) {
   ByteWriter w(out);
   std::visit(
       [&](const auto& v) {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, HelloMsg>) {
-          w.U16(static_cast<uint16_t>(ControlType::kHello));
-          w.U16(v.version_min);
-          w.U16(v.version_max);
-          w.U8(static_cast<uint8_t>(v.suites.size()));
-          for (Suite s : v.suites) w.U8(static_cast<uint8_t>(s));
-          w.U16(v.data_channels);
-          w.Str16(v.host_id);
-        } else {
-          w.U16(static_cast<uint16_t>(ControlType::kHelloAck));
-          w.U16(v.version);
-          w.U8(static_cast<uint8_t>(v.suite));
-          w.U8(0);
-          w.U16(v.data_channels);
-        }
+        w.U16(static_cast<uint16_t>(v.kType));
+        Put(w, v);
       },
       m);
   return out;
@@ -96,23 +219,10 @@ Result<ControlMsg> DecodeControl(ByteSpan payload) {
   ByteReader r(payload);
   uint16_t type = 0;
   if (!r.U16(type)) return Bad("control", "missing message type");
-  Result<ControlMsg> m =
-      Error(Errc::kUnsupported, "control: unknown message type " + std::to_string(type));
-  switch (static_cast<ControlType>(type)) {
-    case ControlType::kHello: {
-      auto h = DecodeHello(r);
-      m = h.ok() ? Result<ControlMsg>(ControlMsg(std::move(*h))) : h.status();
-      break;
-    }
-    case ControlType::kHelloAck: {
-      auto h = DecodeHelloAck(r);
-      m = h.ok() ? Result<ControlMsg>(ControlMsg(*h)) : h.status();
-      break;
-    }
-    case ControlType::kInvalid:
-      break;
-  }
-  if (m.ok() && !r.done()) return Bad("control", "trailing bytes after the message");
+  if (type == 0) return Error(Errc::kUnsupported, "control: message type 0 (invalid)");
+  SOD_ASSIGN_OR_RETURN(ControlMsg m, DecodeAlternative(static_cast<ControlType>(type), r));
+  if (!r.done())
+    return Bad("control " + std::string(ControlName(m)), "trailing bytes after the message");
   return m;
 }
 
@@ -121,11 +231,11 @@ Result<HelloAckMsg> NegotiateHello(const HelloMsg& hello, const std::vector<Suit
   uint16_t lo = std::max(hello.version_min, kProtocolVersionMin);
   uint16_t hi = std::min(hello.version_max, kProtocolVersionMax);
   if (lo > hi)
-    return Error(Errc::kUnsupported, "no common protocol version: peer speaks " +
-                                         std::to_string(hello.version_min) + ".." +
-                                         std::to_string(hello.version_max) + ", we speak " +
-                                         std::to_string(kProtocolVersionMin) + ".." +
-                                         std::to_string(kProtocolVersionMax));
+    return Error(Errc::kUnsupported,
+                 "no common protocol version: peer speaks " + std::to_string(hello.version_min) +
+                     ".." + std::to_string(hello.version_max) + ", we speak " +
+                     std::to_string(kProtocolVersionMin) + ".." +
+                     std::to_string(kProtocolVersionMax));
   HelloAckMsg ack;
   ack.version = hi;
   auto it = std::find_if(hello.suites.begin(), hello.suites.end(), [&](Suite s) {

@@ -20,7 +20,7 @@ constexpr TypeInfo kTypes[] = {
     {RecordType::kDeviceState, "device-state", kChunkMax},
     {RecordType::kVtpmState, "vtpm-state", kChunkMax},
     {RecordType::kControl, "control", 64 * 1024},
-    {RecordType::kCommit, "commit", 8 + kTranscriptSize + 2 + kMaxSignature},
+    {RecordType::kCommit, "commit", 8 + kTranscriptSize + 2 + kMaxReceipt + 2 + kMaxSignature},
     {RecordType::kAbort, "abort", 2 + 2 + kMaxAbortReason},
     {RecordType::kChannelEnd, "channel-end", 8},
 };
@@ -161,6 +161,8 @@ void EncodeCommit(const CommitBody& b, Bytes& out) {
   ByteWriter w(out);
   w.U64(b.records);
   w.Raw(b.transcript);
+  w.U16(static_cast<uint16_t>(b.receipt.size()));
+  w.Raw(b.receipt);
   w.U16(static_cast<uint16_t>(b.signature.size()));
   w.Raw(b.signature);
 }
@@ -168,12 +170,17 @@ void EncodeCommit(const CommitBody& b, Bytes& out) {
 Result<CommitBody> DecodeCommit(ByteSpan payload) {
   ByteReader r(payload);
   CommitBody b;
-  uint16_t sig_len = 0;
-  if (!r.U64(b.records) || !r.Raw(b.transcript.data(), b.transcript.size()) || !r.U16(sig_len))
+  uint16_t receipt_len = 0, sig_len = 0;
+  ByteSpan receipt, sig;
+  if (!r.U64(b.records) || !r.Raw(b.transcript.data(), b.transcript.size()) ||
+      !r.U16(receipt_len))
     return Bad("commit", "truncated");
+  if (receipt_len > kMaxReceipt) return Error(Errc::kTooLarge, "commit: receipt above maximum");
+  if (!r.Raw(receipt_len, receipt) || !r.U16(sig_len))
+    return Bad("commit", "receipt length does not match");
   if (sig_len > kMaxSignature) return Error(Errc::kTooLarge, "commit: signature above maximum");
-  ByteSpan sig;
   if (!r.Raw(sig_len, sig) || !r.done()) return Bad("commit", "signature length does not match");
+  b.receipt.assign(receipt.begin(), receipt.end());
   b.signature.assign(sig.begin(), sig.end());
   return b;
 }

@@ -110,13 +110,17 @@ struct RoundBoundaryBody {
 void EncodeRoundBoundary(const RoundBoundaryBody& b, Bytes& out);
 Result<RoundBoundaryBody> DecodeRoundBoundary(ByteSpan payload);
 
-// kCommit: u64 records (records the sender sent in this direction on all channels, this one
-// excluded), 32-byte session transcript, u16 signature length, signature (<= kMaxSignature).
+// kCommit: u64 records (records the sender sent towards the receiver on all channels, this one
+// excluded), 32-byte session transcript (computed before this record), u16 receipt length,
+// receipt (the encoded Receipt, <= kMaxReceipt), u16 signature length, the sender's signature
+// over the receipt (<= kMaxSignature).
 inline constexpr size_t kTranscriptSize = 32;
 inline constexpr size_t kMaxSignature = 1024;
+inline constexpr size_t kMaxReceipt = 4096;
 struct CommitBody {
   uint64_t records = 0;
   std::array<uint8_t, kTranscriptSize> transcript{};
+  Bytes receipt;
   Bytes signature;
   bool operator==(const CommitBody&) const = default;
 };

@@ -65,6 +65,7 @@ Status Session::SendControl(const ControlMsg& m) {
 }
 
 Status Session::SendControlRecord(RecordType type, ByteSpan payload) {
+  std::lock_guard<std::mutex> lock(control_write_mu_);
   SOD_RETURN_IF_ERROR(control_writer_->Write(type, 0, payload));
   return control_writer_->Flush();
 }
@@ -87,14 +88,39 @@ Result<ControlMsg> Session::ReceiveControl() {
 void Session::SendAbort(const Status& why) {
   Bytes body;
   EncodeAbort(AbortBody{why.ok() ? Errc::kInternal : why.code(), why.message()}, body);
+  std::lock_guard<std::mutex> lock(control_write_mu_);
   (void)control_writer_->Write(RecordType::kAbort, 0, body);
   (void)control_writer_->Flush();
   (void)control_->CloseWrite();
 }
 
-Result<TranscriptValue> Session::Transcript() const {
-  std::vector<ChainSummary> chains = {Summarize(control_writer_->transcript()),
-                                      Summarize(control_reader_->transcript())};
+Result<TranscriptValue> Session::Transcript() const { return TranscriptOf(false); }
+
+Result<TranscriptValue> Session::TranscriptBeforeLastReceived() const {
+  if (control_reader_->records() == 0)
+    return Error(Errc::kInternal, "no control record was received");
+  return TranscriptOf(true);
+}
+
+uint64_t Session::records_sent() const {
+  uint64_t n = control_writer_->records();
+  for (const DataChannel& d : data_)
+    if (d.writer) n += d.writer->records();
+  return n;
+}
+
+uint64_t Session::records_received() const {
+  uint64_t n = control_reader_->records();
+  for (const DataChannel& d : data_)
+    if (d.reader) n += d.reader->records();
+  return n;
+}
+
+Result<TranscriptValue> Session::TranscriptOf(bool exclude_last_received_control) const {
+  std::vector<ChainSummary> chains = {
+      Summarize(control_writer_->transcript()),
+      exclude_last_received_control ? SummarizeBeforeLast(control_reader_->transcript())
+                                    : Summarize(control_reader_->transcript())};
   for (const DataChannel& d : data_) {
     if (d.writer) chains.push_back(Summarize(d.writer->transcript()));
     if (d.reader) chains.push_back(Summarize(d.reader->transcript()));

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -44,8 +45,10 @@ struct SessionOptions {
 
 enum class SessionRole { kInitiator, kResponder };
 
-// One side of an established session. Thread-safety: the control channel is for one thread at a
-// time; each data channel may be used by its own thread.
+// One side of an established session. Thread-safety: sending on the control channel (SendControl,
+// SendControlRecord, SendAbort) is serialized internally and may happen from any thread; receiving
+// is for one thread at a time, which may run concurrently with senders. Each data channel may be
+// used by its own thread.
 class Session {
  public:
   ~Session();
@@ -81,6 +84,13 @@ class Session {
   // The session transcript over every chain: both control directions and every data channel.
   // Meaningful once all channels are finished; both sides then compute the same value.
   Result<TranscriptValue> Transcript() const;
+  // The same, but leaving out the last control record received: what the peer computed just
+  // before it sent that record (a commit carrying its transcript).
+  Result<TranscriptValue> TranscriptBeforeLastReceived() const;
+  // Records this side sent, all channels together (what a commit's record count states).
+  uint64_t records_sent() const;
+  // Records this side received, all channels together.
+  uint64_t records_received() const;
 
   // Initiator: connects to host:port, authenticates a peer named `expected_peer`, negotiates and
   // opens the data channels.
@@ -103,6 +113,7 @@ class Session {
   static Result<std::unique_ptr<Session>> FromTls(SessionRole role,
                                                   std::unique_ptr<TlsStream> control,
                                                   const SessionOptions& options);
+  Result<TranscriptValue> TranscriptOf(bool exclude_last_received_control) const;
   Status AddResponderChannel(UniqueFd fd, std::unique_ptr<ByteStream> join_stream,
                              const ChannelHello& hello);
 
@@ -110,6 +121,7 @@ class Session {
   SessionOptions options_;
   std::unique_ptr<TlsStream> control_;
   SessionKeys keys_;
+  std::mutex control_write_mu_;  // SendAbort may come from a data-channel thread
   std::unique_ptr<StreamSendQueue> control_queue_;
   std::unique_ptr<RecordWriter> control_writer_;
   std::unique_ptr<RecordReader> control_reader_;

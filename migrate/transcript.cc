@@ -54,12 +54,14 @@ Result<TranscriptMac> TranscriptMac::Create(ByteSpan transcript_key, uint32_t ch
   StoreLe32(id, channel);
   id[4] = static_cast<uint8_t>(dir);
   SOD_RETURN_IF_ERROR(MacParts(t.ctx_, {Str("sod/1 chain"), ByteSpan(id)}, t.value_));
+  t.previous_ = t.value_;
   return t;
 }
 
 TranscriptMac::~TranscriptMac() {
   EVP_MAC_CTX_free(ctx_);
   OPENSSL_cleanse(value_.data(), value_.size());
+  OPENSSL_cleanse(previous_.data(), previous_.size());
 }
 
 TranscriptMac::TranscriptMac(TranscriptMac&& o) noexcept
@@ -67,7 +69,8 @@ TranscriptMac::TranscriptMac(TranscriptMac&& o) noexcept
       channel_(o.channel_),
       dir_(o.dir_),
       records_(o.records_),
-      value_(o.value_) {}
+      value_(o.value_),
+      previous_(o.previous_) {}
 
 TranscriptMac& TranscriptMac::operator=(TranscriptMac&& o) noexcept {
   if (this != &o) {
@@ -77,20 +80,26 @@ TranscriptMac& TranscriptMac::operator=(TranscriptMac&& o) noexcept {
     dir_ = o.dir_;
     records_ = o.records_;
     value_ = o.value_;
+    previous_ = o.previous_;
   }
   return *this;
 }
 
 Status TranscriptMac::Absorb(ByteSpan header, ByteSpan tag) {
   if (!ctx_) return Error(Errc::kInternal, "transcript used after move");
-  TranscriptValue prev = value_;
-  SOD_RETURN_IF_ERROR(MacParts(ctx_, {ByteSpan(prev), header, tag}, value_));
+  previous_ = value_;
+  SOD_RETURN_IF_ERROR(MacParts(ctx_, {ByteSpan(previous_), header, tag}, value_));
   ++records_;
   return Status::Ok();
 }
 
 ChainSummary Summarize(const TranscriptMac& t) {
   return ChainSummary{t.channel(), t.direction(), t.records(), t.value()};
+}
+
+ChainSummary SummarizeBeforeLast(const TranscriptMac& t) {
+  return ChainSummary{t.channel(), t.direction(), t.records() ? t.records() - 1 : 0,
+                      t.previous_value()};
 }
 
 Result<TranscriptValue> SessionTranscript(ByteSpan transcript_key,

@@ -45,6 +45,8 @@ class TranscriptMac {
   Direction direction() const { return dir_; }
   uint64_t records() const { return records_; }
   const TranscriptValue& value() const { return value_; }
+  // The chain value before the last Absorb (T_{n-1}); T_0 when nothing was absorbed.
+  const TranscriptValue& previous_value() const { return previous_; }
 
  private:
   TranscriptMac() = default;
@@ -53,6 +55,7 @@ class TranscriptMac {
   Direction dir_ = Direction::kInitiatorToResponder;
   uint64_t records_ = 0;
   TranscriptValue value_{};
+  TranscriptValue previous_{};
 };
 
 struct ChainSummary {
@@ -62,6 +65,9 @@ struct ChainSummary {
   TranscriptValue value{};
 };
 ChainSummary Summarize(const TranscriptMac& t);
+// The summary as it was before the last record: what a peer that sent that last record (a commit
+// carrying the transcript) computed. Precondition: t.records() > 0.
+ChainSummary SummarizeBeforeLast(const TranscriptMac& t);
 
 // Combines chain summaries into the session transcript S. Order of `chains` does not matter;
 // a (channel, direction) listed twice is an error (kInvalidArgument).

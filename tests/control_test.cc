@@ -48,7 +48,7 @@ TEST(ControlTest, RefusesHostileInput) {
   const Bytes good = EncodeControl(h);
   auto code = [](Bytes b) { return DecodeControl(b).status().code(); };
   EXPECT_EQ(code({}), Errc::kMalformed);
-  EXPECT_EQ(code({0x09, 0x00}), Errc::kUnsupported) << "unknown type";
+  EXPECT_EQ(code({0x7f, 0x00}), Errc::kUnsupported) << "unknown type";
   EXPECT_EQ(code({0x00, 0x00}), Errc::kUnsupported) << "Invalid type";
   Bytes b = good;
   b.push_back(0);
@@ -99,6 +99,89 @@ TEST(ControlTest, NegotiationPicksCommonVersionAndPreferredSuite) {
   auto v = NegotiateHello(h, {Suite::kAes256Gcm}, 4);
   EXPECT_EQ(v.status().code(), Errc::kUnsupported);
   EXPECT_NE(v.status().message().find("2..2"), std::string::npos) << v.status().ToString();
+}
+
+ControlMsg SampleOf(ControlType t) {
+  MigrationId id;
+  for (size_t i = 0; i < id.size(); ++i) id[i] = static_cast<uint8_t>(i + 1);
+  switch (t) {
+    case ControlType::kHello:
+      return HelloMsg{1, 1, {Suite::kAes256Gcm}, 2, "hosta"};
+    case ControlType::kHelloAck:
+      return HelloAckMsg{1, Suite::kAes256Gcm, 2};
+    case ControlType::kOffer:
+      return OfferMsg{id, "vm1", R"({"name":"vm1"})", 512u << 20, true, 7};
+    case ControlType::kPrepared:
+      return PreparedMsg{"7.2.22"};
+    case ControlType::kSwitchoverCheck:
+      return SwitchoverCheckMsg{123456};
+    case ControlType::kSwitchoverOk:
+      return SwitchoverOkMsg{};
+    case ControlType::kCommitAck:
+      return CommitAckMsg{1700000000000, Bytes(70, 0x30)};
+    case ControlType::kQueryOutcome:
+      return QueryOutcomeMsg{id};
+    case ControlType::kOutcome:
+      return OutcomeMsg{id, MigrationOutcome::kCommitted, true};
+    case ControlType::kInvalid:
+      break;
+  }
+  return SwitchoverOkMsg{};
+}
+
+class ControlRoundTripTest : public ::testing::TestWithParam<uint16_t> {};
+
+TEST_P(ControlRoundTripTest, EveryMessageRoundTripsAndRefusesTruncationAndTrailingBytes) {
+  const auto type = static_cast<ControlType>(GetParam());
+  ControlMsg m = SampleOf(type);
+  Bytes b = EncodeControl(m);
+  EXPECT_EQ(LoadLe16(b.data()), GetParam());
+  auto d = DecodeControl(b);
+  ASSERT_TRUE(d.ok()) << ControlTypeName(type) << ": " << d.status().ToString();
+  EXPECT_EQ(*d, m);
+  EXPECT_EQ(ControlName(*d), ControlTypeName(type));
+  for (size_t cut = 2; cut < b.size(); ++cut)
+    EXPECT_FALSE(DecodeControl(ByteSpan(b).first(cut)).ok())
+        << ControlTypeName(type) << " truncated to " << cut << " bytes was accepted";
+  b.push_back(0);
+  EXPECT_EQ(DecodeControl(b).status().code(), Errc::kMalformed) << "trailing byte";
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, ControlRoundTripTest, ::testing::Range<uint16_t>(1, 10));
+
+TEST(ControlTest, MigrationMessagesGolden) {
+  MigrationId id{};
+  id[0] = 0xaa;
+  EXPECT_EQ(ToHex(EncodeControl(OfferMsg{id, "v", "{}", 0x100, true, 2})),
+            "0300" "aa000000000000000000000000000000" "0100" "76" "02000000" "7b7d"
+            "0001000000000000" "01" "0200000000000000");
+  EXPECT_EQ(ToHex(EncodeControl(OutcomeMsg{id, MigrationOutcome::kAborted, false})),
+            "0900" "aa000000000000000000000000000000" "02" "00");
+  EXPECT_EQ(ToHex(EncodeControl(CommitAckMsg{1, {9, 8}})), "0700" "0100000000000000" "0200" "0908");
+  EXPECT_EQ(ToHex(EncodeControl(SwitchoverOkMsg{})), "0600");
+}
+
+TEST(ControlTest, MigrationMessagesRefuseBadFields) {
+  auto code = [](Bytes b) { return DecodeControl(b).status().code(); };
+  MigrationId id{};
+  Bytes offer = EncodeControl(OfferMsg{id, "v", "{}", 1, false, 0});
+  Bytes b = offer;
+  b[b.size() - 9] = 2;  // verify_ram flag must be 0 or 1
+  EXPECT_EQ(code(b), Errc::kMalformed);
+  b = offer;
+  StoreLe32(b.data() + 2 + 16 + 3, kMaxVmSpecJson + 1);  // spec length above the maximum
+  EXPECT_EQ(code(b), Errc::kMalformed);
+  Bytes empty_name = EncodeControl(OfferMsg{id, "", "{}", 1, false, 0});
+  EXPECT_EQ(code(empty_name), Errc::kMalformed);
+  Bytes outcome = EncodeControl(OutcomeMsg{id, MigrationOutcome::kCommitted, true});
+  b = outcome;
+  b[18] = 3;  // unknown outcome
+  EXPECT_EQ(code(b), Errc::kUnsupported);
+  b = outcome;
+  b[19] = 2;  // vm_running must be 0 or 1
+  EXPECT_EQ(code(b), Errc::kMalformed);
+  Bytes ack = EncodeControl(CommitAckMsg{1, Bytes(kMaxSignature + 1, 1)});
+  EXPECT_EQ(code(ack), Errc::kMalformed) << "signature above the maximum";
 }
 
 }  // namespace

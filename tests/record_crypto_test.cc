@@ -116,6 +116,21 @@ TEST(TranscriptTest, KnownAnswersForChainAndSession) {
   EXPECT_EQ(ToHex(*s), "76d6f95192802f9c6d76402415680f6af2d8403bc6030b43a1c94437ce95876d");
 }
 
+TEST(TranscriptTest, SummaryBeforeLastEqualsTheSummaryTakenBeforeTheLastRecord) {
+  SessionKeys k = TestKeys();
+  auto t = TranscriptMac::Create(k.transcript_key(), 0, Direction::kInitiatorToResponder);
+  ASSERT_TRUE(t.ok());
+  Bytes h(kRecordHeaderSize, 1), tag(16, 2);
+  ASSERT_TRUE(t->Absorb(h, tag).ok());
+  ChainSummary before = Summarize(*t);
+  h[0] = 9;
+  ASSERT_TRUE(t->Absorb(h, tag).ok());
+  ChainSummary excl = SummarizeBeforeLast(*t);
+  EXPECT_EQ(excl.records, before.records);
+  EXPECT_TRUE(TranscriptEqual(excl.value, before.value));
+  EXPECT_FALSE(TranscriptEqual(Summarize(*t).value, before.value));
+}
+
 TEST(TranscriptTest, SessionTranscriptIsOrderIndependentAndRefusesDuplicates) {
   SessionKeys k = TestKeys();
   ChainSummary a{1, Direction::kInitiatorToResponder, 3, {}};

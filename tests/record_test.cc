@@ -129,23 +129,30 @@ TEST(RecordBodyTest, CommitGoldenAndRoundTrip) {
   CommitBody b;
   b.records = 3;
   b.transcript.fill(0xab);
+  b.receipt = {7, 7};
   b.signature = {1, 2, 3};
   Bytes out;
   EncodeCommit(b, out);
-  ASSERT_EQ(out.size(), 8u + 32 + 2 + 3);
+  ASSERT_EQ(out.size(), 8u + 32 + 2 + 2 + 2 + 3);
   EXPECT_EQ(out[0], 3);
   EXPECT_EQ(out[8], 0xab);
-  EXPECT_EQ(out[40], 3);  // signature length, little-endian
-  EXPECT_EQ(out[41], 0);
+  EXPECT_EQ(ToHex(ByteSpan(out).subspan(40)), "0200" "0707" "0300" "010203");
   auto d = DecodeCommit(out);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(*d, b);
   Bytes bad = out;
-  bad[40] = 4;  // claims one more signature byte than present
+  bad[44] = 4;  // claims one more signature byte than present
   EXPECT_EQ(DecodeCommit(bad).status().code(), Errc::kMalformed);
   bad = out;
-  StoreLe16(bad.data() + 40, kMaxSignature + 1);
+  StoreLe16(bad.data() + 44, kMaxSignature + 1);
   EXPECT_EQ(DecodeCommit(bad).status().code(), Errc::kTooLarge);
+  bad = out;
+  StoreLe16(bad.data() + 40, kMaxReceipt + 1);
+  EXPECT_EQ(DecodeCommit(bad).status().code(), Errc::kTooLarge);
+  bad = out;
+  bad[40] = 9;  // receipt longer than the rest
+  EXPECT_EQ(DecodeCommit(bad).status().code(), Errc::kMalformed);
+  EXPECT_EQ(MaxPayload(RecordType::kCommit), 8u + 32 + 2 + kMaxReceipt + 2 + kMaxSignature);
 }
 
 TEST(RecordBodyTest, AbortGoldenRoundTripAndUnknownCode) {
