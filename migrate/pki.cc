@@ -264,18 +264,7 @@ Status CheckDays(int days) {
 }
 
 Result<PkeyPtr> LoadCaKey(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    int err = errno;
-    return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo, "CA key " + path + ": " + Errno(err));
-  }
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return Error(Errc::kInvalidArgument, "CA key " + path +
-                                             " is accessible by group or others (mode " + mode +
-                                             "); refusing to use it (chmod 600 it)");
-  }
+  SOD_RETURN_IF_ERROR(CheckPrivateKeyFileMode(path, "CA key"));
   BioPtr bio(BIO_new_file(path.c_str(), "r"));
   if (!bio) return CryptoError("opening CA key " + path);
   PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
@@ -334,6 +323,23 @@ Status ValidateHostId(std::string_view id) {
   }
   if (prev == '.') return bad("must not end with '.'");
   if (prev == '-') return bad("must not end with '-'");
+  return Status::Ok();
+}
+
+Status CheckPrivateKeyFileMode(const std::string& path, std::string_view what) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    int err = errno;
+    return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo,
+                 std::string(what) + " " + path + ": " + Errno(err));
+  }
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Error(Errc::kInvalidArgument, std::string(what) + " " + path +
+                                             " is accessible by group or others (mode " + mode +
+                                             "); refusing to use it (chmod 600 it)");
+  }
   return Status::Ok();
 }
 

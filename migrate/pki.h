@@ -36,6 +36,11 @@ inline constexpr int kMaxCertificateDays = 36500;
 // "A", "a_b" are not). Returns kInvalidArgument naming the problem.
 Status ValidateHostId(std::string_view host_id);
 
+// Refuses a private key file that group or others may access in any way (mode & 077 != 0):
+// kInvalidArgument naming the file and its mode. kNotFound when the file does not exist, kIo when
+// it cannot be examined. `what` names the key in messages ("CA key", "host key").
+Status CheckPrivateKeyFileMode(const std::string& path, std::string_view what);
+
 // What was written; paths are as built from the directory arguments.
 struct IssuedCertificate {
   std::string cert_path;

@@ -83,6 +83,7 @@ Status RecordWriter::WriteUnchecked(RecordType type, uint32_t round,
   s = out_.Commit(kRecordHeaderSize + length + tag);
   if (!s.ok()) return Fail(s);
   ++next_sequence_;
+  wire_bytes_ += kRecordHeaderSize + length + tag;
   return Status::Ok();
 }
 
@@ -200,6 +201,7 @@ Result<RecordView> RecordReader::ReadOne() {
   SOD_RETURN_IF_ERROR(transcript_.Absorb(header, tag));
   begin_ += total;
   ++next_sequence_;
+  wire_bytes_ += total;
   if (h.type == RecordType::kChannelEnd) {
     SOD_ASSIGN_OR_RETURN(ChannelEndBody end, DecodeChannelEnd(payload));
     if (end.records != h.sequence)

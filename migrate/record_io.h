@@ -55,6 +55,8 @@ class RecordWriter {
   Status Finish();
 
   uint64_t records() const { return next_sequence_; }
+  // Bytes put on the wire (headers, payloads and tags).
+  uint64_t wire_bytes() const { return wire_bytes_; }
   const TranscriptMac& transcript() const { return transcript_; }
   const RecordParams& params() const { return params_; }
 
@@ -73,6 +75,7 @@ class RecordWriter {
   std::unique_ptr<RecordProtector> protector_;
   TranscriptMac transcript_;
   uint64_t next_sequence_ = 0;
+  uint64_t wire_bytes_ = 0;
   bool finished_ = false;
   Status failed_;
 };
@@ -101,6 +104,8 @@ class RecordReader {
 
   bool ended() const { return ended_; }
   uint64_t records() const { return next_sequence_; }
+  // Bytes of verified records (headers, payloads and tags).
+  uint64_t wire_bytes() const { return wire_bytes_; }
   const TranscriptMac& transcript() const { return transcript_; }
   const RecordParams& params() const { return params_; }
 
@@ -127,6 +132,7 @@ class RecordReader {
   size_t begin_ = 0;
   size_t end_ = 0;
   uint64_t next_sequence_ = 0;
+  uint64_t wire_bytes_ = 0;
   bool ended_ = false;
   Status failed_;
 };

@@ -94,12 +94,39 @@ void Session::SendAbort(const Status& why) {
   (void)control_->CloseWrite();
 }
 
+void Session::Shutdown() {
+  control_->ShutdownSocket();
+  for (DataChannel& d : data_)
+    if (d.fd.valid()) ::shutdown(d.fd.get(), SHUT_RDWR);
+}
+
 Result<TranscriptValue> Session::Transcript() const { return TranscriptOf(false); }
 
 Result<TranscriptValue> Session::TranscriptBeforeLastReceived() const {
   if (control_reader_->records() == 0)
     return Error(Errc::kInternal, "no control record was received");
   return TranscriptOf(true);
+}
+
+std::vector<RecordWriter*> Session::data_writers() {
+  std::vector<RecordWriter*> v;
+  for (DataChannel& d : data_)
+    if (d.writer) v.push_back(d.writer.get());
+  return v;
+}
+
+std::vector<RecordReader*> Session::data_readers() {
+  std::vector<RecordReader*> v;
+  for (DataChannel& d : data_)
+    if (d.reader) v.push_back(d.reader.get());
+  return v;
+}
+
+uint64_t Session::data_wire_bytes() const {
+  uint64_t n = 0;
+  for (const DataChannel& d : data_)
+    n += d.writer ? d.writer->wire_bytes() : d.reader ? d.reader->wire_bytes() : 0;
+  return n;
 }
 
 uint64_t Session::records_sent() const {

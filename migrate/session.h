@@ -58,6 +58,8 @@ class Session {
   SessionRole role() const { return role_; }
   const std::string& peer_host_id() const { return control_->peer_host_id(); }
   const std::string& peer_address() const { return control_->peer_address(); }
+  // The verified peer certificate's public key (SubjectPublicKeyInfo DER): verifies its receipts.
+  const Bytes& peer_public_key_der() const { return control_->peer_public_key_der(); }
   const HelloAckMsg& negotiated() const { return negotiated_; }
   const SessionKeys& keys() const { return keys_; }
 
@@ -68,6 +70,10 @@ class Session {
   Result<ControlMsg> ReceiveControl();
   // Tells the peer why we give up (best effort: errors are ignored) and closes our sending side.
   void SendAbort(const Status& why);
+  // Shuts every socket of the session down (both directions), waking up any thread blocked on
+  // the control or a data channel; those calls then fail. Safe from any thread. The session is
+  // unusable afterwards.
+  void Shutdown();
   // Sends a raw record on the control channel (commit and similar protocol records).
   Status SendControlRecord(RecordType type, ByteSpan payload);
   // The next raw record on the control channel (for protocol layers above; the payload is valid
@@ -80,6 +86,10 @@ class Session {
   RecordWriter* data_writer(size_t i) { return data_[i].writer.get(); }
   // Responder only (nullptr on the initiator).
   RecordReader* data_reader(size_t i) { return data_[i].reader.get(); }
+  std::vector<RecordWriter*> data_writers();
+  std::vector<RecordReader*> data_readers();
+  // Bytes on the data channels (records with headers and tags), sent resp. received.
+  uint64_t data_wire_bytes() const;
 
   // The session transcript over every chain: both control directions and every data channel.
   // Meaningful once all channels are finished; both sides then compute the same value.

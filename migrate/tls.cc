@@ -468,6 +468,16 @@ Status TlsStream::CheckPeer(std::string_view expected_peer_host) {
   if (!expected_peer_host.empty() && *host_id != expected_peer_host)
     return refuse("peer certificate names \"" + *host_id + "\", expected \"" +
                   std::string(expected_peer_host) + "\"");
+  unsigned char* spki = nullptr;
+  int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(peer), &spki);
+  if (spki_len <= 0) {
+    fatal_ = true;
+    return Error(Errc::kCrypto,
+                 Describe(Phase::kHandshake) +
+                     " failed: encoding the peer's public key: " + DrainOpensslErrors());
+  }
+  peer_public_key_der_.assign(spki, spki + spki_len);
+  OPENSSL_free(spki);
   peer_host_id_ = std::move(*host_id);
   return Status::Ok();
 }
@@ -676,6 +686,8 @@ Status TlsStream::WriteAll(ByteSpan data) { return Write(data, IoDeadline(), Pha
 Result<size_t> TlsStream::ReadSome(MutableByteSpan buf) {
   return Read(buf, IoDeadline(), Phase::kData);
 }
+
+void TlsStream::ShutdownSocket() { ::shutdown(socket_->fd, SHUT_RDWR); }
 
 Status TlsStream::CloseWrite() {
   Deadline deadline = IoDeadline();

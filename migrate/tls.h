@@ -118,6 +118,9 @@ class TlsStream final : public ByteStream {
 
   // The verified peer's host id: the single subjectAltName DNS entry of its certificate.
   const std::string& peer_host_id() const { return peer_host_id_; }
+  // The verified peer certificate's SubjectPublicKeyInfo (DER), captured at handshake; the key
+  // that verifies the peer's signatures (receipt.h, VerifySignature).
+  const Bytes& peer_public_key_der() const { return peer_public_key_der_; }
   // The peer's socket address ("127.0.0.1:7001", "[::1]:7001", "unix socket").
   const std::string& peer_address() const { return peer_address_; }
   // Negotiated protocol ("TLSv1.3") and ciphersuite ("TLS_AES_256_GCM_SHA384").
@@ -140,6 +143,11 @@ class TlsStream final : public ByteStream {
   // Deadline for each WriteAll / ReadSome / CloseWrite call, measured from its start. Zero (the
   // default) means no deadline. May be called from any thread; applies to calls that start later.
   void SetIoTimeout(std::chrono::milliseconds timeout);
+
+  // shutdown(2) of the socket in both directions, without touching the TLS state: wakes up a
+  // thread blocked in ReadSome/WriteAll (which then fails). Safe from any thread; for tearing a
+  // session down while another thread still waits on it.
+  void ShutdownSocket();
 
  private:
   friend class TlsContext;  // installs VerifyCallback
@@ -182,6 +190,7 @@ class TlsStream final : public ByteStream {
   std::string verify_detail_;  // guarded by mu_: first certificate failure seen while verifying
   std::string peer_address_;
   std::string peer_host_id_;
+  Bytes peer_public_key_der_;
   std::string expected_peer_host_;
   std::atomic<int64_t> io_timeout_ms_{0};
 };

@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "migrate/pki.h"
+#include "migrate/receipt.h"
 
 namespace sod {
 namespace {
@@ -253,6 +254,30 @@ TEST_F(TlsTest, ServerRequiringTheRightClientAccepts) {
   ASSERT_TRUE(o.client.ok()) << o.client.status().ToString();
   ASSERT_TRUE(o.server.ok()) << o.server.status().ToString();
   EXPECT_EQ((*o.server)->peer_host_id(), "hosta");
+}
+
+TEST_F(TlsTest, PeerPublicKeyVerifiesThePeersHostSignerSignatures) {
+  Outcome o = GoodHandshake(UnixPair());
+  ASSERT_TRUE(o.client.ok()) << o.client.status().ToString();
+  ASSERT_TRUE(o.server.ok()) << o.server.status().ToString();
+  auto server_signer = HostSigner::Load(Ca() + "/hostb.key");
+  auto client_signer = HostSigner::Load(Ca() + "/hosta.key");
+  ASSERT_TRUE(server_signer.ok()) << server_signer.status().ToString();
+  ASSERT_TRUE(client_signer.ok()) << client_signer.status().ToString();
+  const Bytes& server_key = (*o.client)->peer_public_key_der();  // hostb, as the client saw it
+  const Bytes& client_key = (*o.server)->peer_public_key_der();  // hosta, as the server saw it
+  EXPECT_EQ(server_key, (*server_signer)->public_key_der());
+  EXPECT_EQ(client_key, (*client_signer)->public_key_der());
+
+  const Bytes message = Pattern(200, 9);
+  Result<Bytes> by_server = (*server_signer)->Sign(message);
+  Result<Bytes> by_client = (*client_signer)->Sign(message);
+  ASSERT_TRUE(by_server.ok() && by_client.ok());
+  EXPECT_TRUE(VerifySignature(server_key, message, *by_server).ok());
+  EXPECT_TRUE(VerifySignature(client_key, message, *by_client).ok());
+  // Each key verifies only its own host's signatures.
+  EXPECT_EQ(VerifySignature(server_key, message, *by_client).code(), Errc::kIntegrity);
+  EXPECT_EQ(VerifySignature(client_key, message, *by_server).code(), Errc::kIntegrity);
 }
 
 TEST_F(TlsTest, ExporterAgreesAcrossEndsAndDiffersAcrossSessionsLabelsAndContexts) {

@@ -1,4 +1,5 @@
-// sodctl: the sod admin CLI. Exit status: 0 success, 1 error (printed to stderr), 2 usage error.
+// sodctl: the sod admin CLI. Exit status: 0 success, 1 error (printed to stderr), 2 usage error,
+// 3 sodd cannot be reached.
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -20,11 +21,14 @@ int Run(int argc, char** argv) {
   app.set_version_flag("--version", "sodctl " SOD_VERSION);
   app.require_subcommand(1);
   app.footer(
-      "Exit status: 0 on success, 1 on error, 2 on usage error.\n"
+      "Exit status: 0 on success, 1 on error, 2 on usage error, 3 when sodd cannot be reached.\n"
       "Run 'sodctl COMMAND --help' for the options of a command.");
 
   sod::sodctl::CommandAction action;
   sod::sodctl::AddPkiCommands(app, action);
+  auto sodd = sod::sodctl::AddSoddTargetOptions(app);
+  sod::sodctl::AddVmCommands(app, sodd, action);
+  sod::sodctl::AddStatusCommand(app, sodd, action);
 
   try {
     app.parse(argc, argv);
@@ -45,7 +49,7 @@ int Run(int argc, char** argv) {
   sod::Status status = action();
   if (!status.ok()) {
     std::cerr << "sodctl: " << status.ToString() << "\n";
-    return kExitError;
+    return sod::sodctl::IsSoddUnreachable(status) ? sod::sodctl::kExitUnreachable : kExitError;
   }
   return kExitOk;
 }

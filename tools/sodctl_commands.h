@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 
 #include "base/status.h"
 
@@ -22,5 +23,18 @@ using CommandAction = std::function<Status()>;
 
 // sodctl pki init | issue
 void AddPkiCommands(CLI::App& app, CommandAction& action);
+
+// Commands that talk to sodd share where to find it: --socket PATH | --state-dir DIR on the
+// top-level app (sodctl_sodd.h). The returned target is filled in by parsing.
+struct SoddTarget;
+std::shared_ptr<SoddTarget> AddSoddTargetOptions(CLI::App& app);
+// sodctl vm start | list | show | stop
+void AddVmCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd, CommandAction& action);
+// sodctl status
+void AddStatusCommand(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
+                      CommandAction& action);
+// Exit status 3: the command could not reach sodd (no socket, nobody listening).
+inline constexpr int kExitUnreachable = 3;
+bool IsSoddUnreachable(const Status& status);
 
 }  // namespace sod::sodctl

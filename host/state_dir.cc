@@ -1,0 +1,250 @@
+#include "host/state_dir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+namespace sod {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::string_view kPhaseNames[] = {"starting",      "running",      "paused",
+                                            "migrating-out", "migrating-in", "in-doubt",
+                                            "migrated-away", "lost"};
+static_assert(std::size(kPhaseNames) == static_cast<size_t>(kLastVmPhase) + 1,
+              "kPhaseNames must name every VmPhase");
+
+constexpr size_t kMaxStateFileBytes = 64 * 1024;
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+Status BadRecord(std::string_view key, const std::string& why) {
+  return Error(Errc::kInvalidArgument, "vm state: \"" + std::string(key) + "\" " + why);
+}
+
+}  // namespace
+
+std::string_view VmPhaseName(VmPhase phase) {
+  auto i = static_cast<size_t>(phase);
+  return i < std::size(kPhaseNames) ? kPhaseNames[i] : "unknown";
+}
+
+std::optional<VmPhase> VmPhaseFromName(std::string_view name) {
+  for (size_t i = 0; i < std::size(kPhaseNames); ++i) {
+    if (kPhaseNames[i] == name) return static_cast<VmPhase>(i);
+  }
+  return std::nullopt;
+}
+
+bool PhaseHasQemu(VmPhase phase) {
+  switch (phase) {
+    case VmPhase::kRunning:
+    case VmPhase::kPaused:
+    case VmPhase::kMigratingOut:
+    case VmPhase::kMigratingIn:
+    case VmPhase::kInDoubt:
+      return true;
+    case VmPhase::kStarting:
+    case VmPhase::kMigratedAway:
+    case VmPhase::kLost:
+      return false;
+  }
+  return false;
+}
+
+json VmRecordToJson(const VmRecord& r) {
+  return json{{"phase", std::string(VmPhaseName(r.phase))},
+              {"pid", r.pid},
+              {"host_port", r.host_port},
+              {"memory_file", r.memory_file},
+              {"migration_id", r.migration_id},
+              {"note", r.note},
+              {"updated", r.updated}};
+}
+
+Result<VmRecord> VmRecordFromJson(const json& j) {
+  if (!j.is_object()) return Error(Errc::kInvalidArgument, "vm state: not a JSON object");
+  VmRecord r;
+  bool have_phase = false;
+  for (const auto& [key, v] : j.items()) {
+    if (key == "phase") {
+      if (!v.is_string()) return BadRecord(key, "must be a string");
+      auto p = VmPhaseFromName(v.get<std::string>());
+      if (!p) return BadRecord(key, "unknown phase \"" + v.get<std::string>() + "\"");
+      r.phase = *p;
+      have_phase = true;
+    } else if (key == "pid") {
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > INT32_MAX) {
+        return BadRecord(key, "must be a pid");
+      }
+      r.pid = static_cast<pid_t>(v.get<uint64_t>());
+    } else if (key == "host_port") {
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > UINT16_MAX) {
+        return BadRecord(key, "must be a port number");
+      }
+      r.host_port = static_cast<uint16_t>(v.get<uint64_t>());
+    } else if (key == "memory_file" || key == "migration_id" || key == "note" ||
+               key == "updated") {
+      if (!v.is_string()) return BadRecord(key, "must be a string");
+      std::string& dst = key == "memory_file"    ? r.memory_file
+                         : key == "migration_id" ? r.migration_id
+                         : key == "note"         ? r.note
+                                                 : r.updated;
+      dst = v.get<std::string>();
+    } else {
+      return BadRecord(key, "is not a known key");
+    }
+  }
+  if (!have_phase) return BadRecord("phase", "is required");
+  if (!r.memory_file.empty() && r.memory_file.rfind("/dev/shm/sod-", 0) != 0) {
+    return BadRecord("memory_file", "must be under /dev/shm/sod-");
+  }
+  return r;
+}
+
+Status MakePrivateDir(const std::string& dir) {
+  if (dir.empty()) return Error(Errc::kInvalidArgument, "empty directory name");
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    std::string part = dir.substr(0, pos);
+    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Error(Errc::kIo, "cannot create " + part + ": " + ErrnoText(errno));
+    }
+  }
+  if (::chmod(dir.c_str(), 0700) != 0) {
+    return Error(Errc::kIo, "cannot chmod 0700 " + dir + ": " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomically(const std::string& path, std::string_view text) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Error(Errc::kIo, "cannot create " + tmp + ": " + ErrnoText(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return Error(Errc::kIo, "cannot write " + tmp + ": " + ErrnoText(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return Error(Errc::kIo, "cannot fsync " + tmp + ": " + ErrnoText(err));
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return Error(Errc::kIo, "cannot rename " + tmp + " to " + path + ": " + ErrnoText(err));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo, path + ": " + ErrnoText(err));
+  }
+  std::string text;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(Errc::kIo, path + ": read: " + ErrnoText(err));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > max_bytes) {
+      ::close(fd);
+      return Error(Errc::kTooLarge,
+                   path + ": larger than " + std::to_string(max_bytes) + " bytes");
+    }
+  }
+  ::close(fd);
+  return text;
+}
+
+Result<StateDir> StateDir::Open(const std::string& root) {
+  if (root.empty() || root.front() != '/') {
+    return Error(Errc::kInvalidArgument, "state dir must be an absolute path, got \"" + root + "\"");
+  }
+  StateDir d(root);
+  SOD_RETURN_IF_ERROR(MakePrivateDir(root));
+  SOD_RETURN_IF_ERROR(MakePrivateDir(d.vms_dir()));
+  SOD_RETURN_IF_ERROR(MakePrivateDir(d.receipts_dir()));
+  return d;
+}
+
+Result<std::vector<std::string>> StateDir::ListVms() const {
+  std::vector<std::string> names;
+  DIR* dir = ::opendir(vms_dir().c_str());
+  if (dir == nullptr) return Error(Errc::kIo, vms_dir() + ": " + ErrnoText(errno));
+  while (struct dirent* e = ::readdir(dir)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (!ValidateVmName(name).ok()) continue;
+    names.push_back(name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Status StateDir::SaveVm(const VmSpec& spec, const VmRecord& record) const {
+  SOD_RETURN_IF_ERROR(MakePrivateDir(vm_dir(spec.name)));
+  SOD_RETURN_IF_ERROR(
+      WriteFileAtomically(vm_dir(spec.name) + "/spec.json", VmSpecToJson(spec).dump(2) + "\n"));
+  return SaveRecord(spec.name, record);
+}
+
+Status StateDir::SaveRecord(std::string_view name, const VmRecord& record) const {
+  return WriteFileAtomically(vm_dir(name) + "/state.json", VmRecordToJson(record).dump(2) + "\n");
+}
+
+Result<VmSpec> StateDir::LoadSpec(std::string_view name) const {
+  Result<VmSpec> spec = LoadVmSpec(vm_dir(name) + "/spec.json");
+  if (spec.ok() && spec->name != name) {
+    return Error(Errc::kInvalidArgument,
+                 vm_dir(name) + "/spec.json names VM \"" + spec->name + "\"");
+  }
+  return spec;
+}
+
+Result<VmRecord> StateDir::LoadRecord(std::string_view name) const {
+  const std::string path = vm_dir(name) + "/state.json";
+  SOD_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, kMaxStateFileBytes));
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Error(Errc::kMalformed, path + ": not valid JSON");
+  Result<VmRecord> r = VmRecordFromJson(j);
+  if (!r.ok()) return r.status().WithContext(path);
+  return r;
+}
+
+Status StateDir::RemoveVm(std::string_view name) const {
+  std::error_code ec;
+  std::filesystem::remove_all(vm_dir(name), ec);
+  if (ec) return Error(Errc::kIo, "cannot remove " + vm_dir(name) + ": " + ec.message());
+  return Status::Ok();
+}
+
+}  // namespace sod

@@ -1,0 +1,192 @@
+// VmRegistry: the VMs of this host, by name, with their phase (state_dir.h), persisted in the state
+// directory so that a restarted sodd re-attaches to the QEMUs that kept running.
+//
+// Who may touch a VM's Vm object (which is not thread-safe) is decided here, under one mutex:
+//   free      nobody; the registry itself may use it briefly (Show, Stop, CheckLiveness)
+//   op        one registry call on some thread (a start, a stop, a QMP query); others wait for it
+//   lease     the migration engine (VmLease) — long-lived; other calls are refused, not queued
+//   incoming  the destination engine owns the Vm (LaunchIncoming .. AdoptMigratedIn/Discard...)
+//
+// Source side of a migration:
+//   auto lease = registry.LeaseForMigration("web1", migration_id);   // phase migrating-out
+//   ... drive lease->vm() ...
+//   lease->Finish(LeaseOutcome::kMigratedAway)   // committed: QEMU quit here, record kept
+//   lease->Finish(LeaseOutcome::kReturned)       // aborted: back to running / paused
+//   lease->Finish(LeaseOutcome::kInDoubt, why)   // outcome unknown: stays paused, `recover` later
+// Destination side:
+//   auto vm = registry.LaunchIncoming(spec, migration_id);   // QEMU -incoming defer -S
+//   ... migrate-incoming, stream, commit ...
+//   registry.AdoptMigratedIn(std::move(vm))          // committed: a VM of this host now
+//   registry.DiscardIncoming(std::move(vm), why)     // aborted: QEMU killed, name freed
+//   registry.KeepIncomingInDoubt(std::move(vm), why) // outcome unknown: kept, phase in-doubt
+//
+// Every change is written to state.json before the call returns and reported to the EventSink.
+// Thread-safety: all methods are thread-safe. Lifetime: the StateDir passed to Open and the
+// registry must outlive every VmLease; a lease or incoming Vm must be finished / handed back
+// before the registry is destroyed. Destroying the registry leaves every QEMU running.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "host/event_log.h"
+#include "host/forward_ports.h"
+#include "host/state_dir.h"
+#include "migrate/vm.h"
+
+namespace sod {
+
+// A snapshot of one VM, for listing and showing.
+struct VmInfo {
+  VmSpec spec;
+  VmRecord record;
+  VmPaths paths;
+  bool leased = false;    // a migration (or recovery) engine holds it right now
+  std::string run_state;  // QEMU's run state (Show only; empty when not asked or unknown)
+};
+
+enum class LeaseOutcome {
+  kReturned,      // the VM stays here (migration aborted or recovery resumed it)
+  kInDoubt,       // the outcome is unknown: keep the (paused) VM, phase in-doubt
+  kMigratedAway,  // the VM now runs elsewhere: QEMU is quit here (if the engine did not yet)
+};
+
+class VmRegistry;
+
+// Exclusive use of one VM's Vm by a migration or recovery. Not thread-safe: one owner thread.
+class VmLease {
+ public:
+  ~VmLease();  // Finish(kReturned) unless Finish was called
+  VmLease(const VmLease&) = delete;
+  VmLease& operator=(const VmLease&) = delete;
+
+  // Valid until Finish.
+  Vm& vm() { return *vm_; }
+  const std::string& name() const { return name_; }
+  const std::string& migration_id() const { return migration_id_; }
+
+  // Ends the lease (second and later calls: kState). kReturned asks QEMU for its run state to set
+  // the phase (running / paused; lost when QEMU is gone). kMigratedAway quits a QEMU that still
+  // runs. `note` is kept in state.json and shown by `vm show`.
+  Status Finish(LeaseOutcome outcome, std::string note = {});
+
+ private:
+  friend class VmRegistry;
+  VmLease(VmRegistry* registry, std::string name, std::string migration_id, Vm* vm)
+      : registry_(registry), name_(std::move(name)), migration_id_(std::move(migration_id)),
+        vm_(vm) {}
+  VmRegistry* registry_;
+  std::string name_;
+  std::string migration_id_;
+  Vm* vm_;
+  bool finished_ = false;
+};
+
+class VmRegistry {
+ public:
+  struct Options {
+    std::string host_id;  // names memory files (/dev/shm/sod-<host_id>-...)
+    PortRange forward_ports;
+    std::string qemu_binary = "qemu-system-x86_64";
+    std::chrono::milliseconds quit_grace{10000};  // Stop: QMP quit, then SIGKILL after this
+    EventSink events;                             // may be empty
+  };
+
+  // Opens the registry over `state` (must outlive the registry) and recovers every VM recorded
+  // there: a VM whose QEMU is alive and answers QMP is re-adopted (running / paused as QEMU says;
+  // one caught mid-migration becomes in-doubt); any other becomes lost and its memory file is
+  // removed; migrated-away and lost records stay as they are. Records that cannot be read are
+  // reported (event "vm.unreadable") and skipped.
+  static Result<std::unique_ptr<VmRegistry>> Open(const StateDir& state, Options options);
+  ~VmRegistry();
+  VmRegistry(const VmRegistry&) = delete;
+  VmRegistry& operator=(const VmRegistry&) = delete;
+
+  // Launches a new VM (VmLaunchMode::kRun), assigning a forward port when spec.guest_port != 0.
+  // The name may reuse that of a migrated-away or lost record (which is replaced). Errors:
+  // kInvalidArgument (spec), kState (name in use), kExhausted (no port), Vm::Launch errors.
+  Result<VmInfo> Start(const VmSpec& spec);
+  // Every VM, sorted by name (no QMP queries).
+  std::vector<VmInfo> List() const;
+  // One VM, with its run state from QMP when nobody else uses it. kNotFound.
+  Result<VmInfo> Show(std::string_view name);
+  // Quits the VM's QEMU (if any) and forgets it (its directory is removed). Refused with kState
+  // while a migration holds it, and for an in-doubt VM unless `force` (it may be the only copy).
+  // kNotFound.
+  Status Stop(std::string_view name, bool force = false);
+
+  // Source side: exclusive use of a running or paused VM; phase migrating-out. kNotFound, kState
+  // (another phase, or busy).
+  Result<std::unique_ptr<VmLease>> LeaseForMigration(std::string_view name,
+                                                     std::string migration_id);
+  // Recovery of an in-doubt VM: exclusive use, the phase stays in-doubt until Finish.
+  Result<std::unique_ptr<VmLease>> LeaseForRecovery(std::string_view name);
+
+  // Destination side: reserves spec.name (refused with kState when a VM of that name is here and
+  // neither migrated-away nor lost), picks paths and a forward port under the state dir, and
+  // launches QEMU in VmLaunchMode::kIncoming. Phase migrating-in. The caller owns the Vm until it
+  // hands it back with exactly one of the three calls below.
+  Result<std::unique_ptr<Vm>> LaunchIncoming(const VmSpec& spec, std::string migration_id = {});
+  // The migration committed: the VM becomes one of this host's VMs (phase from its run state).
+  // kNotFound when `vm` did not come from LaunchIncoming (it is then killed).
+  Status AdoptMigratedIn(std::unique_ptr<Vm> vm);
+  // The migration failed: kills the QEMU, frees the name and port, removes the VM's directory.
+  void DiscardIncoming(std::unique_ptr<Vm> vm, std::string_view why);
+  // The outcome is unknown: keeps the QEMU (paused), phase in-doubt.
+  Status KeepIncomingInDoubt(std::unique_ptr<Vm> vm, std::string note);
+
+  // Finds VMs whose QEMU ended on its own (guest shutdown, crash, killed) and marks them lost
+  // (reaping the process, removing its memory file). Call periodically.
+  void CheckLiveness();
+
+  const std::string& host_id() const { return options_.host_id; }
+  const Options& options() const { return options_; }
+
+ private:
+  friend class VmLease;
+  enum class Use { kFree, kOp, kLease, kIncoming };
+  struct Entry {
+    VmSpec spec;
+    VmPaths paths;
+    VmRecord record;
+    std::unique_ptr<Vm> vm;  // null when no QEMU is here, or while an incoming Vm is out
+    Use use = Use::kFree;
+  };
+  using Lock = std::unique_lock<std::mutex>;
+
+  VmRegistry(const StateDir& state, Options options);
+  void Recover();
+  void RecoverOne(const std::string& name);
+  // Launches with up to three forward ports (another process may grab a port first).
+  Result<std::unique_ptr<Vm>> LaunchWithPortRetry(const std::string& name, VmLaunchMode mode);
+  // Reserves `spec.name` for a new VM in `phase` with use `use`; returns the entry.
+  Result<Entry*> Reserve(const VmSpec& spec, VmPhase phase, Use use, std::string migration_id,
+                         Lock& lock);
+  // Drops a reserved entry after a failed launch.
+  void Unreserve(const std::string& name, Lock& lock);
+  // Waits (up to `timeout`) while another call uses the entry; kState when it is leased.
+  Result<Entry*> WaitForFree(std::string_view name, std::chrono::milliseconds timeout, Lock& lock);
+  // Sets phase / note / timestamp and writes state.json. Caller holds the lock.
+  void SetRecord(Entry& e, VmPhase phase, std::string note);
+  void Emit(std::string_view kind, const nlohmann::json& data) const;
+  VmInfo InfoOf(const Entry& e) const;
+  Status FinishLease(VmLease& lease, LeaseOutcome outcome, std::string note);
+  Result<std::unique_ptr<VmLease>> LeaseImpl(std::string_view name, std::string migration_id,
+                                             bool recovery);
+
+  const StateDir& state_;
+  const Options options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;                   // an entry became free
+  std::map<std::string, Entry, std::less<>> vms_;  // guarded by mu_
+  ForwardPorts ports_;                           // guarded by mu_
+};
+
+}  // namespace sod

@@ -1,0 +1,290 @@
+#include "migrate/migration_destination.h"
+
+#include <sys/socket.h>
+
+#include <nlohmann/json.hpp>
+
+#include "migrate/qmp.h"
+#include "migrate/session.h"
+#include "migrate/socket.h"
+#include "migrate/stream_pump.h"
+#include "migrate/vm.h"
+
+namespace sod {
+
+namespace {
+
+using json = nlohmann::json;
+constexpr const char* kFdName = "sod-migration";
+
+Status Mismatch(std::string_view what) {
+  return Error(Errc::kIntegrity, "commit refused: " + std::string(what));
+}
+
+class DestinationMigration {
+ public:
+  DestinationMigration(Session& session, DestinationContext& ctx, const OfferMsg& offer)
+      : session_(session), ctx_(ctx), offer_(offer) {}
+
+  DestinationReport Run();
+
+ private:
+  Status Prepare();
+  Status ReceiveUntilCommit();
+  Status VerifyAndResume();
+  void Fail(const Status& why, bool tell_peer);
+  void Event(DestinationEvent e) {
+    Status s = sm_.On(e);
+    if (!s.ok() && report_.error.ok()) report_.error = s;
+  }
+
+  Session& session_;
+  DestinationContext& ctx_;
+  const OfferMsg& offer_;
+  DestinationStateMachine sm_;
+  DestinationReport report_;
+  std::unique_ptr<Vm> vm_;
+  UniqueFd engine_fd_;
+  std::unique_ptr<StreamSink> sink_;
+  CommitBody commit_;
+};
+
+Status DestinationMigration::Prepare() {
+  Event(DestinationEvent::kOfferReceived);
+  json j = json::parse(offer_.spec_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Error(Errc::kMalformed, "offer: VM spec is not JSON");
+  SOD_ASSIGN_OR_RETURN(VmSpec spec, VmSpecFromJson(j));
+  if (spec.name != offer_.vm_name)
+    return Error(Errc::kMalformed, "offer: spec names VM " + spec.name + ", offer names " +
+                                       offer_.vm_name);
+  if (offer_.ram_bytes != uint64_t{spec.memory_mb} << 20)
+    return Error(Errc::kMalformed, "offer: RAM size does not match the spec");
+  if (ctx_.ledger->Lookup(offer_.migration_id) != MigrationOutcome::kUnknown)
+    return Error(Errc::kRefused, "offer: migration " + MigrationIdHex(offer_.migration_id) +
+                                     " was seen before (replayed offer)");
+  if (ctx_.admit) SOD_RETURN_IF_ERROR(ctx_.admit(offer_, spec, session_.peer_host_id()));
+
+  SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec));
+  QmpClient& qmp = vm_->qmp();
+  SOD_RETURN_IF_ERROR(
+      qmp.Execute("migrate-set-capabilities",
+                  {{"capabilities", json::array({{{"capability", "events"}, {"state", true}}})}})
+          .status());
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+    return SocketError("socketpair for", "the incoming stream", errno);
+  UniqueFd qemu_end(fds[0]);
+  engine_fd_.Reset(fds[1]);
+  int size = 4 << 20;
+  ::setsockopt(engine_fd_.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+  SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, qemu_end.get()));
+  qemu_end.Reset();
+  SOD_RETURN_IF_ERROR(
+      qmp.Execute("migrate-incoming", {{"uri", std::string("fd:") + kFdName}}).status());
+
+  sink_ = std::make_unique<StreamSink>(engine_fd_.get(), session_.data_readers(),
+                                       ctx_.step_timeout);
+  // A broken data channel or a dead QEMU: tell the source at once (it is streaming and would
+  // otherwise only notice through a stalled channel).
+  sink_->Start([this](const Status& s) { session_.SendAbort(s); });
+  const QmpVersion& v = qmp.version();
+  SOD_RETURN_IF_ERROR(session_.SendControl(PreparedMsg{
+      std::to_string(v.major) + "." + std::to_string(v.minor) + "." + std::to_string(v.micro)}));
+  Event(DestinationEvent::kPrepared);
+  return Status::Ok();
+}
+
+Status DestinationMigration::ReceiveUntilCommit() {
+  for (;;) {
+    Result<RecordView> rec = session_.ReceiveControlRecord();
+    if (!rec.ok()) {
+      Status sink = sink_->error();
+      return sink.ok() ? rec.status() : sink;
+    }
+    switch (rec->header.type) {
+      case RecordType::kRoundBoundary:
+        SOD_RETURN_IF_ERROR(DecodeRoundBoundary(rec->payload).status());
+        continue;
+      case RecordType::kAbort: {
+        SOD_ASSIGN_OR_RETURN(AbortBody a, DecodeAbort(rec->payload));
+        return Error(Errc::kAborted, "source " + session_.peer_host_id() + " aborted (" +
+                                         std::string(ErrcName(a.code)) + "): " + a.reason);
+      }
+      case RecordType::kControl: {
+        SOD_ASSIGN_OR_RETURN(ControlMsg m, DecodeControl(rec->payload));
+        if (!std::holds_alternative<SwitchoverCheckMsg>(m) ||
+            sm_.state() != DestinationState::kReceiving)
+          return Error(Errc::kState, "unexpected " + std::string(ControlName(m)) + " in state " +
+                                         std::string(Name(sm_.state())));
+        SOD_RETURN_IF_ERROR(sink_->error());
+        if (!vm_->Alive()) return Error(Errc::kIo, "the incoming QEMU died");
+        SOD_ASSIGN_OR_RETURN(json q, vm_->qmp().Execute("query-migrate"));
+        const std::string status = q.value("status", "");
+        if (status != "active" && status != "setup")
+          return Error(Errc::kIo, "incoming migration is " + status + ", not active");
+        SOD_RETURN_IF_ERROR(session_.SendControl(SwitchoverOkMsg{}));
+        Event(DestinationEvent::kSwitchoverApproved);
+        continue;
+      }
+      case RecordType::kCommit: {
+        if (sm_.state() != DestinationState::kSwitchover)
+          return Error(Errc::kState, "commit before the switchover check");
+        SOD_ASSIGN_OR_RETURN(commit_, DecodeCommit(rec->payload));
+        Event(DestinationEvent::kCommitReceived);
+        return Status::Ok();
+      }
+      default:
+        return Error(Errc::kState, "unexpected " + std::string(RecordTypeName(rec->header.type)) +
+                                       " record on the control channel");
+    }
+  }
+}
+
+Status DestinationMigration::VerifyAndResume() {
+  // 1. Every byte arrived through verified records, and QEMU loaded the whole stream.
+  SOD_RETURN_IF_ERROR(sink_->Wait().WithContext("receiving the stream"));
+  ::shutdown(engine_fd_.get(), SHUT_WR);
+  auto done = vm_->qmp().WaitEvent(
+      [](const QmpEvent& e) {
+        std::string s = e.name == "MIGRATION" ? e.data.value("status", "") : "";
+        return s == "completed" || s == "failed";
+      },
+      ctx_.step_timeout);
+  if (!done.ok()) return done.status().WithContext("waiting for QEMU to load the stream");
+  if (done->data.value("status", "") != "completed")
+    return Error(Errc::kIo, "the incoming QEMU failed to load the stream");
+  SOD_ASSIGN_OR_RETURN(std::string state, vm_->RunState());
+  if (state != "paused") return Error(Errc::kState, "incoming VM is " + state + ", not paused");
+
+  // 2. The same records, in the same order, as the source sent.
+  const uint64_t received = session_.records_received() - 1;  // the commit itself excluded
+  if (commit_.records != received)
+    return Mismatch("the source sent " + std::to_string(commit_.records) + " records, " +
+                    std::to_string(received) + " arrived");
+  SOD_ASSIGN_OR_RETURN(TranscriptValue mine, session_.TranscriptBeforeLastReceived());
+  if (!TranscriptEqual(mine, commit_.transcript)) return Mismatch("transcript differs");
+
+  // 3. The receipt states this session, and the source signed it.
+  SOD_ASSIGN_OR_RETURN(Receipt r, DecodeReceipt(commit_.receipt));
+  if (r.migration_id != offer_.migration_id) return Mismatch("receipt names another migration");
+  if (r.vm_name != offer_.vm_name) return Mismatch("receipt names another VM");
+  if (r.source_host != session_.peer_host_id())
+    return Mismatch("receipt source " + r.source_host + " is not the authenticated peer " +
+                    session_.peer_host_id());
+  if (r.destination_host != ctx_.host_id) return Mismatch("receipt names another destination");
+  if (!TranscriptEqual(r.transcript, commit_.transcript) || r.records != commit_.records)
+    return Mismatch("receipt and commit disagree");
+  if (r.stream_bytes != sink_->stream_bytes())
+    return Mismatch("receipt states " + std::to_string(r.stream_bytes) + " stream bytes, " +
+                    std::to_string(sink_->stream_bytes()) + " arrived");
+  if (r.wire_bytes != session_.data_wire_bytes()) return Mismatch("receipt wire bytes differ");
+  if (r.suite != session_.negotiated().suite) return Mismatch("receipt names another suite");
+  SOD_RETURN_IF_ERROR(VerifyReceiptSignature(session_.peer_public_key_der(), r,
+                                             ReceiptRole::kSource, commit_.signature));
+  if (offer_.verify_ram) {
+    if (!r.ram_digest_present) return Mismatch("the offer promised a RAM digest");
+    SOD_ASSIGN_OR_RETURN(auto digest, vm_->RamDigest());
+    if (digest != r.ram_digest)
+      return Mismatch("guest RAM differs from the source's (digest " + ToHex(digest) + " vs " +
+                      ToHex(r.ram_digest) + ")");
+  }
+
+  // 4. Decide, then resume. A recovery query that fenced this migration wins.
+  SOD_ASSIGN_OR_RETURN(MigrationOutcome decided,
+                       ctx_.ledger->Decide(offer_.migration_id, MigrationOutcome::kCommitted,
+                                           offer_.vm_name));
+  if (decided != MigrationOutcome::kCommitted)
+    return Error(Errc::kState, "migration was already decided " +
+                                   std::string(MigrationOutcomeName(decided)));
+  Status resumed = vm_->Resume();
+  if (!resumed.ok()) {
+    // The VM never ran here: the failure path kills it and tells the source, whose paused copy
+    // is then the only one and resumes. (The ledger keeps "committed" for a VM that never ran;
+    // a later outcome query answers "committed, not running" and the source leaves the decision
+    // to an operator.)
+    return resumed.WithContext("resuming the incoming VM");
+  }
+  Event(DestinationEvent::kCommitVerified);
+  const uint64_t resumed_ms = UnixMillisNow();
+  SOD_ASSIGN_OR_RETURN(Bytes sig, SignReceipt(*ctx_.signer, r, ReceiptRole::kDestination));
+  report_.receipt = SignedReceipt{r, commit_.signature, sig};
+  // The VM runs here now; if the acknowledgement is lost the source recovers by asking.
+  (void)session_.SendControl(CommitAckMsg{resumed_ms, sig});
+  return Status::Ok();
+}
+
+void DestinationMigration::Fail(const Status& why, bool tell_peer) {
+  Event(DestinationEvent::kFailure);
+  if (sink_) sink_->Stop();
+  if (tell_peer) session_.SendAbort(why);
+  session_.Shutdown();  // wakes the sink's threads
+  sink_.reset();
+  if (vm_) {
+    vm_->Kill();
+    vm_.reset();
+  }
+  // Decide "aborted" unless the commit was already decided (then the VM was resumed and this is
+  // not a failure path).
+  (void)ctx_.ledger->Decide(offer_.migration_id, MigrationOutcome::kAborted, offer_.vm_name);
+}
+
+DestinationReport DestinationMigration::Run() {
+  report_.kind = DestinationReport::Kind::kMigration;
+  report_.id = offer_.migration_id;
+  report_.vm_name = offer_.vm_name;
+  Status s = Prepare();
+  if (s.ok()) s = ReceiveUntilCommit();
+  if (s.ok()) s = VerifyAndResume();
+  if (!s.ok()) {
+    const bool from_peer = s.code() == Errc::kAborted || s.code() == Errc::kClosed;
+    report_.error = s;
+    Fail(s, !from_peer);
+  } else {
+    report_.vm = std::move(vm_);
+    session_.Shutdown();
+  }
+  report_.final_state = sm_.state();
+  return std::move(report_);
+}
+
+DestinationReport AnswerOutcomeQuery(Session& session, DestinationContext& ctx,
+                                     const QueryOutcomeMsg& q) {
+  DestinationReport report;
+  report.kind = DestinationReport::Kind::kOutcomeQuery;
+  report.id = q.migration_id;
+  // Fence: a migration not decided yet is decided "aborted" now.
+  auto decided = ctx.ledger->Decide(q.migration_id, MigrationOutcome::kAborted, "");
+  if (!decided.ok()) {
+    report.error = decided.status();
+    session.SendAbort(decided.status());
+    return report;
+  }
+  OutcomeMsg answer{q.migration_id, *decided,
+                    *decided == MigrationOutcome::kCommitted && ctx.vm_running &&
+                        ctx.vm_running(q.migration_id)};
+  report.error = session.SendControl(answer);
+  return report;
+}
+
+}  // namespace
+
+DestinationReport ServeSession(Session& session, DestinationContext& ctx) {
+  Result<ControlMsg> first = session.ReceiveControl();
+  if (!first.ok()) {
+    DestinationReport r;
+    r.error = first.status();
+    return r;
+  }
+  if (const auto* offer = std::get_if<OfferMsg>(&*first)) {
+    DestinationMigration m(session, ctx, *offer);
+    return m.Run();
+  }
+  if (const auto* q = std::get_if<QueryOutcomeMsg>(&*first)) return AnswerOutcomeQuery(session, ctx, *q);
+  DestinationReport r;
+  r.error = Error(Errc::kState, "a session must start with an offer or an outcome query, not " +
+                                    std::string(ControlName(*first)));
+  session.SendAbort(r.error);
+  return r;
+}
+
+}  // namespace sod

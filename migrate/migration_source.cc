@@ -1,0 +1,375 @@
+#include "migrate/migration_source.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "migrate/control_inbox.h"
+#include "migrate/qmp.h"
+#include "migrate/session.h"
+#include "migrate/socket.h"
+#include "migrate/stream_pump.h"
+#include "migrate/vm.h"
+
+namespace sod {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+constexpr const char* kFdName = "sod-migration";
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+uint64_t U64(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_unsigned() ? it->get<uint64_t>() : 0;
+}
+
+// Both ends of a socketpair with large buffers: QEMU writes one, the engine reads the other.
+Result<std::pair<UniqueFd, UniqueFd>> StreamSocketPair() {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+    return SocketError("socketpair for", "the QEMU stream", errno);
+  for (int fd : fds) {
+    int size = 4 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+  }
+  return std::pair(UniqueFd(fds[0]), UniqueFd(fds[1]));
+}
+
+class SourceMigration {
+ public:
+  SourceMigration(Session& session, Vm& vm, const HostSigner& signer, const SourceOptions& o,
+                  const ProgressFn& progress)
+      : session_(session), vm_(vm), signer_(signer), opts_(o), progress_(progress),
+        inbox_(session) {}
+
+  SourceReport Run();
+
+ private:
+  Status Offer();
+  Status StartStream();
+  Status StreamUntilCompleted();
+  Status Switchover();
+  Status Commit();
+  void Abort(const Status& why, bool tell_peer);
+  void Report(const std::string& phase);
+  void Event(SourceEvent e);
+  Result<json> QueryMigrate() { return vm_.qmp().Execute("query-migrate"); }
+
+  Session& session_;
+  Vm& vm_;
+  const HostSigner& signer_;
+  const SourceOptions& opts_;
+  const ProgressFn& progress_;
+  ControlInbox inbox_;
+  SourceStateMachine sm_;
+  SourceReport report_;
+  Clock::time_point t0_ = Clock::now();
+  uint64_t started_unix_ms_ = UnixMillisNow();
+  double stop_unix_s_ = 0;  // QEMU's STOP event time
+  bool was_running_ = false;
+  bool qemu_migrating_ = false;
+  UniqueFd engine_fd_;
+  std::unique_ptr<StreamPump> pump_;
+  json last_query_;
+  Receipt receipt_;
+  Bytes source_signature_;
+};
+
+void SourceMigration::Event(SourceEvent e) {
+  // A refused transition is a bug in this file; it is reported rather than ignored.
+  Status s = sm_.On(e);
+  if (!s.ok() && report_.error.ok()) report_.error = s;
+}
+
+void SourceMigration::Report(const std::string& phase) {
+  if (!progress_) return;
+  MigrationProgress p;
+  p.phase = phase;
+  const json ram = last_query_.value("ram", json::object());
+  p.round = static_cast<uint32_t>(U64(ram, "dirty-sync-count"));
+  p.stream_bytes = pump_ ? pump_->stream_bytes() : 0;
+  p.wire_bytes = session_.data_wire_bytes();
+  p.ram_total = U64(ram, "total");
+  p.ram_remaining = U64(ram, "remaining");
+  p.dirty_pages_rate = U64(ram, "dirty-pages-rate");
+  p.expected_downtime_ms = U64(last_query_, "expected-downtime");
+  p.mbps = ram.value("mbps", 0.0);
+  p.elapsed_s = Seconds(Clock::now() - t0_);
+  progress_(p);
+}
+
+Status SourceMigration::Offer() {
+  SOD_ASSIGN_OR_RETURN(report_.id, NewMigrationId());
+  SOD_ASSIGN_OR_RETURN(std::string state, vm_.RunState());
+  if (state != "running" && state != "paused")
+    return Error(Errc::kState, "vm " + vm_.spec().name + " is " + state + ", not running or paused");
+  was_running_ = state == "running";
+  OfferMsg offer;
+  offer.migration_id = report_.id;
+  offer.vm_name = vm_.spec().name;
+  offer.spec_json = VmSpecToJson(vm_.spec()).dump();
+  offer.ram_bytes = uint64_t{vm_.spec().memory_mb} << 20;
+  offer.verify_ram = opts_.verify_ram;
+  SOD_RETURN_IF_ERROR(session_.SendControl(offer));
+  Event(SourceEvent::kOfferSent);
+  inbox_.Start();
+  SOD_ASSIGN_OR_RETURN(ControlMsg reply, inbox_.Next(opts_.step_timeout, "answer to the offer"));
+  if (!std::holds_alternative<PreparedMsg>(reply))
+    return Error(Errc::kState, "expected prepared, got " + std::string(ControlName(reply)));
+  Event(SourceEvent::kPreparedReceived);
+  return Status::Ok();
+}
+
+Status SourceMigration::StartStream() {
+  QmpClient& qmp = vm_.qmp();
+  SOD_RETURN_IF_ERROR(
+      qmp.Execute("migrate-set-capabilities",
+                  {{"capabilities",
+                    json::array({{{"capability", "events"}, {"state", true}},
+                                 {{"capability", "pause-before-switchover"}, {"state", true}}})}})
+          .status());
+  SOD_RETURN_IF_ERROR(qmp.Execute("migrate-set-parameters",
+                                  {{"max-bandwidth", opts_.max_bandwidth},
+                                   {"downtime-limit", opts_.downtime_limit_ms}})
+                          .status());
+  SOD_ASSIGN_OR_RETURN(auto fds, StreamSocketPair());
+  engine_fd_ = std::move(fds.second);
+  SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, fds.first.get()));
+  fds.first.Reset();  // QEMU holds its own copy now
+  pump_ = std::make_unique<StreamPump>(engine_fd_.get(), session_.data_writers());
+  pump_->Start();
+  SOD_RETURN_IF_ERROR(qmp.Execute("migrate", {{"uri", std::string("fd:") + kFdName}}).status());
+  qemu_migrating_ = true;
+  Event(SourceEvent::kStreamStarted);
+  return Status::Ok();
+}
+
+Status SourceMigration::Switchover() {
+  Event(SourceEvent::kPausedForSwitchover);
+  Report("switchover");
+  SOD_RETURN_IF_ERROR(session_.SendControl(SwitchoverCheckMsg{pump_->stream_bytes()}));
+  SOD_ASSIGN_OR_RETURN(ControlMsg reply,
+                       inbox_.Next(opts_.step_timeout, "answer to the switchover check"));
+  if (!std::holds_alternative<SwitchoverOkMsg>(reply))
+    return Error(Errc::kState, "expected switchover-ok, got " + std::string(ControlName(reply)));
+  if (opts_.switchover_check) SOD_RETURN_IF_ERROR(opts_.switchover_check(session_));
+  return vm_.qmp().Execute("migrate-continue", {{"state", "pre-switchover"}}).status();
+}
+
+Status SourceMigration::StreamUntilCompleted() {
+  QmpClient& qmp = vm_.qmp();
+  auto next_report = Clock::now();
+  const auto deadline = Clock::now() + opts_.converge_timeout;
+  for (;;) {
+    while (auto ev = qmp.PollEvent()) {
+      if (ev->name == "STOP") {
+        stop_unix_s_ = ev->timestamp;
+      } else if (ev->name == "MIGRATION_PASS") {
+        pump_->set_round(ev->data.value("pass", 0u));
+      } else if (ev->name == "MIGRATION") {
+        const std::string status = ev->data.value("status", "");
+        if (status == "pre-switchover") {
+          SOD_RETURN_IF_ERROR(Switchover());
+        } else if (status == "completed") {
+          qemu_migrating_ = false;
+          Event(SourceEvent::kQemuCompleted);
+          return Status::Ok();
+        } else if (status == "failed" || status == "cancelled") {
+          qemu_migrating_ = false;
+          auto q = QueryMigrate();
+          std::string why = q.ok() ? q->value("error-desc", status) : status;
+          return Error(Errc::kIo, "QEMU migration " + status + ": " + why);
+        }
+      }
+    }
+    SOD_RETURN_IF_ERROR(qmp.status());
+    if (auto e = inbox_.PendingError()) return *e;
+    if (!pump_->error().ok()) {
+      // The peer's reason (an abort record) usually follows a broken channel; prefer it.
+      auto peer = inbox_.Next(std::chrono::milliseconds(500), "abort reason");
+      return peer.ok() ? pump_->error() : peer.status();
+    }
+    if (Clock::now() > deadline)
+      return Error(Errc::kTimeout, "migration did not converge within " +
+                                       std::to_string(opts_.converge_timeout.count() / 1000) +
+                                       " s");
+    if (Clock::now() >= next_report) {
+      next_report = Clock::now() + std::chrono::milliseconds(500);
+      if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
+      const json ram = last_query_.value("ram", json::object());
+      // Progress for the destination, and proof of life on an otherwise quiet control channel.
+      Bytes body;
+      EncodeRoundBoundary({pump_->stream_bytes(), U64(ram, "dirty-pages-rate"),
+                           U64(ram, "transferred")},
+                          body);
+      SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, body));
+      Report("streaming");
+    }
+    pollfd p{qmp.fd(), POLLIN, 0};
+    ::poll(&p, 1, 50);
+  }
+}
+
+Status SourceMigration::Commit() {
+  Report("completing");
+  SOD_RETURN_IF_ERROR(pump_->Wait().WithContext("sending the stream"));
+  if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
+  const json ram = last_query_.value("ram", json::object());
+  report_.qemu_downtime_ms = static_cast<double>(U64(last_query_, "downtime"));
+  report_.rounds = static_cast<uint32_t>(U64(ram, "dirty-sync-count"));
+  report_.stream_bytes = pump_->stream_bytes();
+  report_.wire_bytes = session_.data_wire_bytes();
+
+  Receipt& r = receipt_;
+  r.migration_id = report_.id;
+  r.vm_name = vm_.spec().name;
+  r.source_host = opts_.host_id;
+  r.destination_host = session_.peer_host_id();
+  r.started_unix_ms = started_unix_ms_;
+  r.switchover_unix_ms = stop_unix_s_ > 0 ? static_cast<uint64_t>(stop_unix_s_ * 1000) : UnixMillisNow();
+  r.rounds = report_.rounds;
+  r.stream_bytes = report_.stream_bytes;
+  r.wire_bytes = report_.wire_bytes;
+  r.records = session_.records_sent();
+  SOD_ASSIGN_OR_RETURN(r.transcript, session_.Transcript());
+  r.suite = session_.negotiated().suite;
+  if (opts_.verify_ram) {
+    SOD_ASSIGN_OR_RETURN(r.ram_digest, vm_.RamDigest());
+    r.ram_digest_present = true;
+  }
+  SOD_ASSIGN_OR_RETURN(source_signature_, SignReceipt(signer_, r, ReceiptRole::kSource));
+  CommitBody commit{r.records, r.transcript, EncodeReceipt(r), source_signature_};
+  Bytes body;
+  EncodeCommit(commit, body);
+  Report("commit");
+  SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kCommit, body));
+  Event(SourceEvent::kCommitSent);
+  return Status::Ok();
+}
+
+void SourceMigration::Abort(const Status& why, bool tell_peer) {
+  if (pump_) pump_->Stop();
+  if (tell_peer) session_.SendAbort(why);
+  if (qemu_migrating_) {
+    (void)vm_.qmp().Execute("migrate_cancel");
+    auto ev = vm_.qmp().WaitEvent(
+        [](const QmpEvent& e) {
+          std::string s = e.name == "MIGRATION" ? e.data.value("status", "") : "";
+          return s == "cancelled" || s == "failed" || s == "completed";
+        },
+        std::chrono::seconds(10));
+    (void)ev;
+  }
+  engine_fd_.Reset();
+  if (was_running_) {
+    auto state = vm_.RunState();
+    if (state.ok() && *state != "running") {
+      Status s = vm_.Resume();
+      if (!s.ok() && report_.error.ok()) report_.error = s;
+    }
+  }
+  session_.Shutdown();
+}
+
+SourceReport SourceMigration::Run() {
+  Status s = Offer();
+  if (s.ok()) s = StartStream();
+  if (s.ok()) s = StreamUntilCompleted();
+  if (s.ok()) s = Commit();
+  if (!s.ok()) {
+    // Before the commit: the VM keeps (or goes back to) running here.
+    const bool from_peer = s.code() == Errc::kAborted || s.code() == Errc::kClosed;
+    Event(SourceEvent::kFailure);
+    report_.error = s;
+    Abort(s, !from_peer);
+    report_.outcome = SourceOutcome::kAborted;
+    report_.final_state = sm_.state();
+    report_.total_s = Seconds(Clock::now() - t0_);
+    inbox_.Join();
+    return std::move(report_);
+  }
+  // The commit is out. From here the VM never resumes here without the destination's word.
+  auto reply = inbox_.Next(opts_.step_timeout, "answer to the commit");
+  if (reply.ok() && std::holds_alternative<CommitAckMsg>(*reply)) {
+    const auto& ack = std::get<CommitAckMsg>(*reply);
+    Event(SourceEvent::kCommitAcknowledged);
+    Status sig = VerifyReceiptSignature(session_.peer_public_key_der(), receipt_,
+                                        ReceiptRole::kDestination, ack.signature);
+    // The destination runs the VM either way; a bad signature costs only non-repudiation.
+    if (!sig.ok()) report_.error = sig.WithContext("destination receipt signature");
+    report_.receipt = SignedReceipt{receipt_, source_signature_, ack.signature};
+    report_.downtime_ms =
+        stop_unix_s_ > 0 ? static_cast<double>(ack.resumed_unix_ms) - stop_unix_s_ * 1000 : 0;
+    Status q = vm_.Quit(std::chrono::seconds(5));
+    if (!q.ok() && report_.error.ok()) report_.error = q.WithContext("quitting the source QEMU");
+    report_.outcome = SourceOutcome::kCommitted;
+  } else if (!reply.ok() && reply.status().code() == Errc::kAborted) {
+    // The destination refused the commit: it did not resume and never will.
+    Event(SourceEvent::kCommitRefused);
+    report_.error = reply.status();
+    Abort(reply.status(), false);
+    report_.outcome = SourceOutcome::kAborted;
+  } else {
+    Event(SourceEvent::kFailure);
+    report_.error = reply.ok() ? Error(Errc::kState, "expected commit-ack, got " +
+                                                         std::string(ControlName(*reply)))
+                               : reply.status();
+    report_.error = report_.error.WithContext("commit sent, outcome unknown; the VM stays paused");
+    report_.outcome = SourceOutcome::kInDoubt;
+    session_.Shutdown();
+  }
+  report_.final_state = sm_.state();
+  report_.total_s = Seconds(Clock::now() - t0_);
+  Report("done");
+  session_.Shutdown();
+  inbox_.Join();
+  return std::move(report_);
+}
+
+}  // namespace
+
+std::string_view SourceOutcomeName(SourceOutcome o) {
+  switch (o) {
+    case SourceOutcome::kCommitted:
+      return "committed";
+    case SourceOutcome::kAborted:
+      return "aborted";
+    case SourceOutcome::kInDoubt:
+      return "in-doubt";
+  }
+  return "unknown";
+}
+
+SourceReport MigrateOut(Session& session, Vm& vm, const HostSigner& signer,
+                        const SourceOptions& options, const ProgressFn& progress) {
+  SourceMigration m(session, vm, signer, options, progress);
+  return m.Run();
+}
+
+Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id) {
+  SOD_RETURN_IF_ERROR(session.SendControl(QueryOutcomeMsg{id}));
+  SOD_ASSIGN_OR_RETURN(ControlMsg reply, session.ReceiveControl());
+  const auto* o = std::get_if<OutcomeMsg>(&reply);
+  if (!o || o->migration_id != id)
+    return Error(Errc::kState, "expected the outcome of migration " + MigrationIdHex(id));
+  if (o->outcome == MigrationOutcome::kCommitted) {
+    if (!o->vm_running)
+      return Error(Errc::kState, "migration " + MigrationIdHex(id) +
+                                     " committed at the destination but the VM no longer runs "
+                                     "there; not resuming here (operator decision)");
+    SOD_RETURN_IF_ERROR(vm.Quit(std::chrono::seconds(5)));
+    return SourceOutcome::kCommitted;
+  }
+  // Never committed there: the destination never resumed it, so the VM may run here again.
+  auto state = vm.RunState();
+  if (state.ok() && *state != "running") SOD_RETURN_IF_ERROR(vm.Resume());
+  return SourceOutcome::kAborted;
+}
+
+}  // namespace sod

@@ -1,0 +1,66 @@
+// The source side of a migration (migrate/PROTOCOL.md, "Migration" and "Exactly once").
+//
+// MigrateOut moves a running (or paused) VM over an established session: offer, the destination
+// prepares, QEMU streams into the engine (`migrate fd:`) and the StreamPump spreads the stream
+// over the data channels, QEMU pauses the VM before switchover and the destination is checked
+// once more, QEMU completes, the source commits (transcript, record count, signed receipt), the
+// destination verifies, resumes and acknowledges, and only then the source QEMU quits.
+//
+// Outcomes: kCommitted (the VM runs at the destination; the local QEMU has quit); kAborted (the
+// VM runs here as before; nothing runs there); kInDoubt (the commit went out but no answer came:
+// the VM stays paused here until RecoverInDoubt learns what the destination did). The VM never
+// runs in two places.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <optional>
+
+#include "migrate/migration.h"
+#include "migrate/migration_state.h"
+
+namespace sod {
+
+class HostSigner;
+
+struct SourceOptions {
+  std::string host_id;      // ours, as our certificate names it (goes into the receipt)
+  bool verify_ram = true;   // the commit carries an XXH3-128 digest of the final guest RAM
+  uint64_t downtime_limit_ms = 300;       // QEMU's downtime-limit for switching over
+  uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
+  std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
+  std::chrono::milliseconds step_timeout = std::chrono::seconds(30);  // each peer answer
+  // Extra check of the destination while the VM is paused before switchover (attestation plugs
+  // in here). A non-OK result aborts the migration.
+  std::function<Status(Session&)> switchover_check;
+};
+
+enum class SourceOutcome { kCommitted, kAborted, kInDoubt };
+std::string_view SourceOutcomeName(SourceOutcome o);
+
+struct SourceReport {
+  SourceOutcome outcome = SourceOutcome::kAborted;
+  Status error;  // why it did not commit (OK when committed)
+  MigrationId id{};
+  SourceState final_state = SourceState::kIdle;
+  std::optional<SignedReceipt> receipt;  // when committed
+  double total_s = 0;            // offer to acknowledged commit
+  double downtime_ms = 0;        // source VM stopped -> destination VM resumed (host clocks)
+  double qemu_downtime_ms = 0;   // QEMU's own figure (stop -> stream complete)
+  uint64_t stream_bytes = 0;
+  uint64_t wire_bytes = 0;
+  uint32_t rounds = 0;
+};
+
+// Migrates `vm` over `session` (initiator side, data channels open). Takes over vm.qmp() for the
+// duration. `progress` may be empty. Never throws; every failure is in the report.
+SourceReport MigrateOut(Session& session, Vm& vm, const HostSigner& signer,
+                        const SourceOptions& options, const ProgressFn& progress);
+
+// Resolves an in-doubt migration of `vm` (paused here) by asking the destination over a new
+// session: committed there -> quit here (kCommitted); never committed there -> resume here
+// (kAborted). Committed there but no longer running there: nothing is done and kState explains
+// (an operator must decide; resuming here could fork the VM's history).
+Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id);
+
+}  // namespace sod

@@ -1,0 +1,664 @@
+#include "migrate/vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include "base/bytes.h"
+#include "migrate/qemu_process.h"
+
+extern char** environ;
+
+namespace sod {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+// ---- spec validation ---------------------------------------------------------------------------
+
+bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+bool AllOf(std::string_view s, std::string_view extra, bool upper_ok) {
+  return std::all_of(s.begin(), s.end(), [&](char c) {
+    return IsLowerAlnum(c) || (upper_ok && c >= 'A' && c <= 'Z') ||
+           extra.find(c) != std::string_view::npos;
+  });
+}
+
+Status Invalid(std::string_view key, const std::string& why) {
+  return Error(Errc::kInvalidArgument, "vm spec: \"" + std::string(key) + "\" " + why);
+}
+
+Status ValidatePath(std::string_view key, const std::string& path, bool required) {
+  if (path.empty()) return required ? Invalid(key, "is required") : Status::Ok();
+  if (path.front() != '/') return Invalid(key, "must be an absolute path, got \"" + path + "\"");
+  if (path.size() > 4096) return Invalid(key, "is longer than 4096 bytes");
+  for (char c : path) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid(key, "contains a control character");
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- JSON decoding -----------------------------------------------------------------------------
+
+Status ReadString(const json& v, std::string_view key, std::string& out) {
+  if (!v.is_string()) return Invalid(key, std::string("must be a string, got ") + v.type_name());
+  out = v.get<std::string>();
+  return Status::Ok();
+}
+
+Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t& out) {
+  if (!v.is_number_unsigned()) {
+    std::string what = v.is_number() ? "a negative or fractional number" : v.type_name();
+    return Invalid(key, "must be a non-negative integer, got " + what);
+  }
+  out = v.get<uint64_t>();
+  if (out > max) return Invalid(key, std::to_string(out) + " is above " + std::to_string(max));
+  return Status::Ok();
+}
+
+// ---- processes ---------------------------------------------------------------------------------
+
+// posix_spawn attribute and file-action objects, destroyed on every path.
+class SpawnSetup {
+ public:
+  SpawnSetup() {
+    attr_ok_ = posix_spawnattr_init(&attr_) == 0;
+    actions_ok_ = posix_spawn_file_actions_init(&actions_) == 0;
+  }
+  ~SpawnSetup() {
+    if (attr_ok_) posix_spawnattr_destroy(&attr_);
+    if (actions_ok_) posix_spawn_file_actions_destroy(&actions_);
+  }
+  SpawnSetup(const SpawnSetup&) = delete;
+  SpawnSetup& operator=(const SpawnSetup&) = delete;
+  bool ok() const { return attr_ok_ && actions_ok_; }
+  posix_spawnattr_t* attr() { return &attr_; }
+  posix_spawn_file_actions_t* actions() { return &actions_; }
+
+ private:
+  posix_spawnattr_t attr_;
+  posix_spawn_file_actions_t actions_;
+  bool attr_ok_ = false;
+  bool actions_ok_ = false;
+};
+
+// Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
+// `log_path`, default signal mask and dispositions, no descriptors of ours beyond 0-2.
+Result<pid_t> SpawnDetached(const std::string& binary, const std::vector<std::string>& args,
+                            const std::string& log_path) {
+  SpawnSetup setup;
+  if (!setup.ok()) return Error(Errc::kIo, "posix_spawn setup failed");
+  sigset_t empty, all;
+  sigemptyset(&empty);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(setup.attr(), &empty);
+  posix_spawnattr_setsigdefault(setup.attr(), &all);
+  posix_spawnattr_setflags(setup.attr(),
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd < 0) return Error(Errc::kIo, "cannot open " + log_path + ": " + ErrnoText(errno));
+  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 1);
+  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 2);
+  posix_spawn_file_actions_addclosefrom_np(setup.actions(), 3);
+
+  std::vector<std::string> store;
+  store.reserve(args.size() + 1);
+  store.push_back(binary);
+  store.insert(store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, binary.c_str(), setup.actions(), setup.attr(), argv.data(), environ);
+  ::close(log_fd);
+  if (rc == ENOENT) return Error(Errc::kNotFound, "QEMU binary " + binary + " not found");
+  if (rc != 0) return Error(Errc::kIo, "spawning " + binary + ": " + ErrnoText(rc));
+  return pid;
+}
+
+// The one-letter state of /proc/<pid>/stat ('R', 'S', 'Z', ...), 0 when the process is gone.
+char ProcState(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return 0;
+  size_t close = line.rfind(')');  // comm may contain spaces and parentheses
+  if (close == std::string::npos || close + 2 >= line.size()) return 0;
+  return line[close + 2];
+}
+
+bool ProcessLive(pid_t pid) {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char st = ProcState(pid);
+  return st != 0 && st != 'Z' && st != 'X';
+}
+
+std::vector<std::string> ProcCmdline(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  std::string arg;
+  while (std::getline(in, arg, '\0')) args.push_back(arg);
+  return args;
+}
+
+// ---- files -------------------------------------------------------------------------------------
+
+Status MakeDir0700(const std::string& dir) {
+  if (dir.empty()) return Error(Errc::kInvalidArgument, "empty run dir");
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    std::string part = dir.substr(0, pos);
+    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Error(Errc::kIo, "cannot create " + part + ": " + ErrnoText(errno));
+    }
+  }
+  if (::chmod(dir.c_str(), 0700) != 0) {
+    return Error(Errc::kIo, "cannot chmod 0700 " + dir + ": " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+off_t FileSize(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_size : 0;
+}
+
+// The last `max_lines` lines written to `path` after byte `from`, joined with " | ".
+std::string LogTail(const std::string& path, off_t from, size_t max_lines = 8) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  constexpr off_t kMaxBytes = 4096;
+  off_t size = FileSize(path);
+  off_t start = std::max(from, size - kMaxBytes);
+  if (start < 0 || start > size) start = 0;
+  in.seekg(start);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(ss, line)) {
+    if (!line.empty()) lines.push_back(line);
+  }
+  if (lines.size() > max_lines) lines.erase(lines.begin(), lines.end() - max_lines);
+  std::string out;
+  for (const auto& l : lines) out += (out.empty() ? "" : " | ") + l;
+  return out;
+}
+
+std::string Hex8Random() {
+  std::array<uint8_t, 8> r{};
+  size_t got = 0;
+  while (got < r.size()) {
+    ssize_t n = ::getrandom(r.data() + got, r.size() - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      // getrandom cannot fail on Linux >= 3.17 with a valid buffer; fall back to something unique.
+      uint64_t v = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^
+                   (static_cast<uint64_t>(::getpid()) << 40);
+      StoreLe64(r.data(), v);
+      break;
+    }
+    got += static_cast<size_t>(n);
+  }
+  return ToHex(r);
+}
+
+// QEMU option-value escaping: a ',' inside a value is written ",,".
+std::string QemuEscape(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    out.push_back(c);
+    if (c == ',') out.push_back(',');
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- VmSpec ------------------------------------------------------------------------------------
+
+Status ValidateVmName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxVmNameLength || !IsLowerAlnum(name[0]) ||
+      !AllOf(name, "-", false)) {
+    return Invalid("name", "must match [a-z0-9][a-z0-9-]{0,31}, got \"" + std::string(name) + "\"");
+  }
+  return Status::Ok();
+}
+
+Status ValidateVmSpec(const VmSpec& s) {
+  SOD_RETURN_IF_ERROR(ValidateVmName(s.name));
+  if (s.memory_mb < kMinVmMemoryMb || s.memory_mb > kMaxVmMemoryMb) {
+    return Invalid("memory_mb", std::to_string(s.memory_mb) + " is outside " +
+                                    std::to_string(kMinVmMemoryMb) + ".." +
+                                    std::to_string(kMaxVmMemoryMb));
+  }
+  if (s.vcpus < 1 || s.vcpus > kMaxVmVcpus) {
+    return Invalid("vcpus",
+                   std::to_string(s.vcpus) + " is outside 1.." + std::to_string(kMaxVmVcpus));
+  }
+  if (s.machine.empty() || s.machine.size() > 64 || !AllOf(s.machine, "._-", false)) {
+    return Invalid("machine", "must be 1..64 characters of [a-z0-9._-], got \"" + s.machine + "\"");
+  }
+  if (s.accel != "tcg" && s.accel != "kvm") {
+    return Invalid("accel", "must be \"tcg\" or \"kvm\", got \"" + s.accel + "\"");
+  }
+  if (s.cpu.empty() || s.cpu.size() > 128 || !AllOf(s.cpu, "._+=,-", true)) {
+    return Invalid("cpu", "must be 1..128 characters of [A-Za-z0-9._+=,-], got \"" + s.cpu + "\"");
+  }
+  SOD_RETURN_IF_ERROR(ValidatePath("kernel", s.kernel, s.disk.empty()));
+  SOD_RETURN_IF_ERROR(ValidatePath("initrd", s.initrd, false));
+  SOD_RETURN_IF_ERROR(ValidatePath("disk", s.disk, false));
+  if (!s.initrd.empty() && s.kernel.empty()) return Invalid("initrd", "needs \"kernel\"");
+  if (!s.append.empty() && s.kernel.empty()) return Invalid("append", "needs \"kernel\"");
+  if (s.append.size() > kMaxKernelAppendLength) {
+    return Invalid("append", "is longer than " + std::to_string(kMaxKernelAppendLength) + " bytes");
+  }
+  for (char c : s.append) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid("append", "contains a control character");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<VmSpec> VmSpecFromJson(const json& j) {
+  if (!j.is_object()) {
+    return Error(Errc::kInvalidArgument,
+                 std::string("vm spec: must be a JSON object, got ") + j.type_name());
+  }
+  VmSpec s;
+  bool have_name = false;
+  for (const auto& [key, v] : j.items()) {
+    uint64_t n = 0;
+    if (key == "name") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.name));
+      have_name = true;
+    } else if (key == "memory_mb") {
+      SOD_RETURN_IF_ERROR(ReadUnsigned(v, key, UINT32_MAX, n));
+      s.memory_mb = static_cast<uint32_t>(n);
+    } else if (key == "vcpus") {
+      SOD_RETURN_IF_ERROR(ReadUnsigned(v, key, UINT32_MAX, n));
+      s.vcpus = static_cast<uint32_t>(n);
+    } else if (key == "machine") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.machine));
+    } else if (key == "accel") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.accel));
+    } else if (key == "cpu") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.cpu));
+    } else if (key == "kernel") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.kernel));
+    } else if (key == "initrd") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.initrd));
+    } else if (key == "append") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.append));
+    } else if (key == "disk") {
+      SOD_RETURN_IF_ERROR(ReadString(v, key, s.disk));
+    } else if (key == "guest_port") {
+      SOD_RETURN_IF_ERROR(ReadUnsigned(v, key, UINT16_MAX, n));
+      s.guest_port = static_cast<uint16_t>(n);
+    } else {
+      return Invalid(key, "is not a known key (known: name, memory_mb, vcpus, machine, accel, "
+                          "cpu, kernel, initrd, append, disk, guest_port)");
+    }
+  }
+  if (!have_name) return Invalid("name", "is required");
+  SOD_RETURN_IF_ERROR(ValidateVmSpec(s));
+  return s;
+}
+
+json VmSpecToJson(const VmSpec& s) {
+  return json{{"name", s.name},     {"memory_mb", s.memory_mb}, {"vcpus", s.vcpus},
+              {"machine", s.machine}, {"accel", s.accel},         {"cpu", s.cpu},
+              {"kernel", s.kernel},   {"initrd", s.initrd},       {"append", s.append},
+              {"disk", s.disk},       {"guest_port", s.guest_port}};
+}
+
+Result<VmSpec> LoadVmSpec(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo,
+                 "vm spec " + path + ": " + ErrnoText(err));
+  }
+  std::string text;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(Errc::kIo, "vm spec " + path + ": read: " + ErrnoText(err));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxVmSpecFileBytes) {
+      ::close(fd);
+      return Error(Errc::kTooLarge, "vm spec " + path + ": larger than " +
+                                        std::to_string(kMaxVmSpecFileBytes) + " bytes");
+    }
+  }
+  ::close(fd);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Error(Errc::kMalformed, "vm spec " + path + ": not valid JSON");
+  Result<VmSpec> spec = VmSpecFromJson(j);
+  if (!spec.ok()) return spec.status().WithContext(path);
+  return spec;
+}
+
+// ---- paths and arguments -----------------------------------------------------------------------
+
+VmPaths MakeVmPaths(const std::string& dir, std::string_view host_id, const VmSpec& spec,
+                    uint16_t host_port) {
+  VmPaths p;
+  p.dir = dir;
+  p.qmp_socket = dir + "/qmp.sock";
+  p.serial_log = dir + "/serial.log";
+  p.qemu_log = dir + "/qemu.log";
+  p.memory_file =
+      "/dev/shm/sod-" + std::string(host_id) + "-" + spec.name + "-" + Hex8Random();
+  p.host_port = host_port;
+  return p;
+}
+
+std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
+                                       VmLaunchMode mode) {
+  const std::string mem = std::to_string(spec.memory_mb) + "M";
+  std::vector<std::string> a = {
+      "-name", spec.name,
+      "-accel", spec.accel,
+      "-cpu", spec.cpu,
+      "-smp", std::to_string(spec.vcpus),
+      "-m", mem,
+      "-object", "memory-backend-file,id=mem0,size=" + mem + ",mem-path=" +
+                     QemuEscape(paths.memory_file) + ",share=on",
+      "-machine", spec.machine + ",memory-backend=mem0",
+      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"};
+  if (!spec.kernel.empty()) a.insert(a.end(), {"-kernel", spec.kernel});
+  if (!spec.initrd.empty()) a.insert(a.end(), {"-initrd", spec.initrd});
+  if (!spec.append.empty()) a.insert(a.end(), {"-append", spec.append});
+  if (!spec.disk.empty()) {
+    a.insert(a.end(), {"-drive", "file=" + QemuEscape(spec.disk) + ",format=raw,if=virtio"});
+  }
+  a.insert(a.end(), {"-chardev", "file,id=ser0,path=" + QemuEscape(paths.serial_log), "-serial",
+                     "chardev:ser0"});
+  std::vector<std::string> qmp = QmpServerArgs(paths.qmp_socket);
+  a.insert(a.end(), qmp.begin(), qmp.end());
+  if (spec.guest_port != 0) {
+    std::string netdev = "user,id=n0,restrict=on";
+    if (paths.host_port != 0) {
+      netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(paths.host_port) +
+                "-:" + std::to_string(spec.guest_port);
+    }
+    a.insert(a.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"});
+  }
+  if (mode == VmLaunchMode::kIncoming) a.insert(a.end(), {"-incoming", "defer", "-S"});
+  return a;
+}
+
+// ---- Vm ----------------------------------------------------------------------------------------
+
+Vm::Vm(VmSpec spec, VmPaths paths, pid_t pid, bool is_child, std::unique_ptr<QmpClient> qmp)
+    : spec_(std::move(spec)),
+      paths_(std::move(paths)),
+      pid_(pid),
+      is_child_(is_child),
+      qmp_(std::move(qmp)) {}
+
+Vm::~Vm() = default;
+
+std::string Vm::Describe() const {
+  return "vm " + spec_.name + " (pid " + std::to_string(pid_) + ")";
+}
+
+Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
+                                       VmLaunchMode mode, const std::string& qemu_binary) {
+  const std::string what = "vm " + spec.name;
+  auto fail = [&](Errc code, const std::string& msg) { return Error(code, what + ": " + msg); };
+  if (Status s = ValidateVmSpec(spec); !s.ok()) return s.WithContext(what);
+  for (const std::string* f : {&spec.kernel, &spec.initrd, &spec.disk}) {
+    if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
+      return fail(errno == ENOENT ? Errc::kNotFound : Errc::kIo,
+                  "cannot read " + *f + ": " + ErrnoText(errno));
+    }
+  }
+  if (qemu_binary.empty()) return fail(Errc::kInvalidArgument, "empty QEMU binary name");
+  if (paths.qmp_socket.size() >= sizeof(sockaddr_un::sun_path)) {
+    return fail(Errc::kInvalidArgument,
+                "QMP socket path " + paths.qmp_socket + " is too long for a unix socket");
+  }
+  if (paths.memory_file.empty()) return fail(Errc::kInvalidArgument, "no memory file path");
+  SOD_RETURN_IF_ERROR(MakeDir0700(paths.dir).WithContext(what));
+  ::unlink(paths.qmp_socket.c_str());  // a stale socket of an earlier QEMU
+
+  // Guest RAM must never be readable by others: create the file ourselves, 0600, exclusively.
+  int mfd = ::open(paths.memory_file.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (mfd < 0) {
+    int err = errno;
+    return fail(err == EEXIST ? Errc::kState : Errc::kIo,
+                "cannot create memory file " + paths.memory_file + ": " + ErrnoText(err));
+  }
+  ::close(mfd);
+
+  const std::vector<std::string> args = BuildQemuArgs(spec, paths, mode);
+  {
+    // One header line per launch, so qemu.log tells which command line each run used.
+    std::ofstream log(paths.qemu_log, std::ios::app);
+    log << "---- sod: launching " << qemu_binary;
+    for (const auto& a : args) log << ' ' << a;
+    log << '\n';
+  }
+  const off_t log_from = FileSize(paths.qemu_log);
+  auto cleanup_fail = [&](pid_t pid, Errc code, const std::string& msg) -> Status {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      int st;
+      while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+      }
+    }
+    ::unlink(paths.memory_file.c_str());
+    ::unlink(paths.qmp_socket.c_str());
+    std::string tail = LogTail(paths.qemu_log, log_from);
+    return fail(code, msg + (tail.empty() ? "" : "; qemu.log: " + tail));
+  };
+
+  Result<pid_t> pid = SpawnDetached(qemu_binary, args, paths.qemu_log);
+  if (!pid.ok()) return cleanup_fail(-1, pid.status().code(), pid.status().message());
+
+  const auto deadline = Clock::now() + kLaunchTimeout;
+  std::unique_ptr<QmpClient> qmp;
+  Status last;
+  while (!qmp) {
+    int st = 0;
+    pid_t r = ::waitpid(*pid, &st, WNOHANG);
+    if (r == *pid) {
+      std::string how = WIFSIGNALED(st) ? "signal " + std::to_string(WTERMSIG(st))
+                                        : "status " + std::to_string(WEXITSTATUS(st));
+      return cleanup_fail(-1, Errc::kIo, "QEMU exited with " + how + " during startup");
+    }
+    if (Clock::now() >= deadline) {
+      return cleanup_fail(*pid, Errc::kTimeout,
+                          "QMP did not answer within " +
+                              std::to_string(kLaunchTimeout.count()) + " ms (" +
+                              last.ToString() + ")");
+    }
+    Result<std::unique_ptr<QmpClient>> c = QmpClient::Connect(paths.qmp_socket, milliseconds(500));
+    if (c.ok()) {
+      qmp = std::move(c).value();
+    } else if (c.status().code() == Errc::kInvalidArgument) {
+      return cleanup_fail(*pid, Errc::kInvalidArgument, c.status().message());
+    } else {
+      last = c.status();
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+  }
+
+  const std::string want = mode == VmLaunchMode::kRun ? "running" : "inmigrate";
+  for (;;) {
+    Result<json> r = qmp->Execute("query-status");
+    if (!r.ok()) return cleanup_fail(*pid, r.status().code(), r.status().message());
+    std::string state = r->is_object() && (*r)["status"].is_string()
+                            ? (*r)["status"].get<std::string>()
+                            : "";
+    if (state == want) break;
+    if (Clock::now() >= deadline) {
+      return cleanup_fail(*pid, Errc::kTimeout,
+                          "run state is \"" + state + "\", expected \"" + want + "\"");
+    }
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return std::unique_ptr<Vm>(new Vm(spec, paths, *pid, /*is_child=*/true, std::move(qmp)));
+}
+
+Result<std::unique_ptr<Vm>> Vm::Adopt(const VmSpec& spec, const VmPaths& paths, pid_t pid) {
+  const std::string what = "vm " + spec.name + " (pid " + std::to_string(pid) + ")";
+  if (!ProcessLive(pid)) return Error(Errc::kNotFound, what + ": no such live process");
+  const std::string qmp_arg = QmpServerArgs(paths.qmp_socket)[1];
+  std::vector<std::string> cmdline = ProcCmdline(pid);
+  if (std::find(cmdline.begin(), cmdline.end(), qmp_arg) == cmdline.end()) {
+    return Error(Errc::kState, what + ": the process is not this VM's QEMU (no -qmp " + qmp_arg +
+                                   " on its command line)");
+  }
+  Result<std::unique_ptr<QmpClient>> qmp = QmpClient::Connect(paths.qmp_socket, kAdoptTimeout);
+  if (!qmp.ok()) return qmp.status().WithContext(what);
+  // Our child only if we spawned it in this process (never the case after a restart, but Adopt
+  // may also be used on a QEMU this process launched and whose Vm was dropped).
+  int st = 0;
+  bool child = ::waitpid(pid, &st, WNOHANG) == 0;
+  return std::unique_ptr<Vm>(new Vm(spec, paths, pid, child, std::move(qmp).value()));
+}
+
+Result<std::string> Vm::RunState() {
+  Result<json> r = qmp_->Execute("query-status");
+  if (!r.ok()) return r.status().WithContext(Describe());
+  if (!r->is_object() || !(*r)["status"].is_string()) {
+    return Error(Errc::kMalformed, Describe() + ": query-status without a \"status\" string");
+  }
+  return (*r)["status"].get<std::string>();
+}
+
+Status Vm::Resume() {
+  Result<json> r = qmp_->Execute("cont");
+  return r.ok() ? Status::Ok() : r.status().WithContext(Describe());
+}
+
+Status Vm::Pause() {
+  Result<json> r = qmp_->Execute("stop");
+  return r.ok() ? Status::Ok() : r.status().WithContext(Describe());
+}
+
+bool Vm::Ended() {
+  if (ended_) return true;
+  if (is_child_) {
+    int st = 0;
+    pid_t r;
+    do {
+      r = ::waitpid(pid_, &st, WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r == pid_) return ended_ = true;
+    if (r == 0) return false;
+    is_child_ = false;  // ECHILD: someone else reaped it or it is not ours; fall through
+  }
+  if (!ProcessLive(pid_)) ended_ = true;
+  return ended_;
+}
+
+bool Vm::WaitEnded(milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  auto nap = milliseconds(1);
+  while (!Ended()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, milliseconds(20));
+  }
+  return true;
+}
+
+void Vm::RemoveRuntimeFiles() {
+  ::unlink(paths_.memory_file.c_str());
+  ::unlink(paths_.qmp_socket.c_str());
+}
+
+Status Vm::Quit(milliseconds grace) {
+  if (!Ended()) {
+    // QEMU may close the socket before its reply arrives: any answer (or none) is fine, what
+    // counts is that the process ends.
+    (void)qmp_->Execute("quit", {}, std::min(grace, milliseconds(5000)));
+    if (!WaitEnded(grace)) {
+      ::kill(pid_, SIGKILL);
+      if (!WaitEnded(milliseconds(10000))) {
+        return Error(Errc::kIo, Describe() + ": still running 10 s after SIGKILL");
+      }
+    }
+  }
+  RemoveRuntimeFiles();
+  return Status::Ok();
+}
+
+void Vm::Kill() {
+  if (!Ended()) {
+    ::kill(pid_, SIGKILL);
+    WaitEnded(milliseconds(10000));
+  }
+  RemoveRuntimeFiles();
+}
+
+bool Vm::Alive() { return !Ended(); }
+
+Result<std::array<uint8_t, 16>> Vm::RamDigest() const {
+  const std::string& path = paths_.memory_file;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error(Errc::kIo, Describe() + ": open " + path + ": " + ErrnoText(errno));
+  XXH3_state_t* state = XXH3_createState();
+  if (state == nullptr || XXH3_128bits_reset(state) != XXH_OK) {
+    XXH3_freeState(state);
+    ::close(fd);
+    return Error(Errc::kInternal, Describe() + ": XXH3 state setup failed");
+  }
+  std::vector<uint8_t> buf(size_t{4} << 20);
+  Status st;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      st = Error(Errc::kIo, Describe() + ": read " + path + ": " + ErrnoText(errno));
+      break;
+    }
+    if (n == 0) break;
+    XXH3_128bits_update(state, buf.data(), static_cast<size_t>(n));
+  }
+  XXH128_hash_t h = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  ::close(fd);
+  if (!st.ok()) return st;
+  XXH128_canonical_t canon;
+  XXH128_canonicalFromHash(&canon, h);
+  std::array<uint8_t, 16> out;
+  std::memcpy(out.data(), canon.digest, out.size());
+  return out;
+}
+
+}  // namespace sod

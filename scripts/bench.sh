@@ -1,0 +1,126 @@
+#!/bin/bash
+# bench.sh — live-migration benchmark: plain QEMU vs QEMU TLS vs sod, same guest, same workloads.
+#
+# Usage: scripts/bench.sh [options]
+#   --quick              smoke test: 1 repetition, 512 MiB guest, 'max' limited to 20 s (~3-5 min)
+#   --reps N             repetitions (default 3); modes are interleaved inside each repetition
+#   --mem MIB            guest RAM (default 1024; --quick 512)
+#   --modes LIST         comma list of plain,tls,sod (default plain,tls). sod runs only when
+#                        SOD_BENCH_SOD_CMD is set or sodctl is built/installed; otherwise it is
+#                        skipped with a message (see run_sod() in scripts/bench/driver.py)
+#   --workloads LIST     default idle,moderate,heavy,max:
+#                          idle      no dirtier (sod.dirty_mb=0)
+#                          moderate  128 MiB working set dirtied at 32 MiB/s
+#                          heavy     256 MiB at 96 MiB/s (calibrated: plain QEMU still converges)
+#                          max       256 MiB as fast as the vCPU can, limit 60 s (--quick: 20 s)
+#   --workload NAME=MB/RATE[/LIMIT_S]   define or override a workload, e.g. heavy=256/64,
+#                        max=256/max/90, hot=512/128 (RATE in MiB/s or max); repeatable
+#   --limit S            per-run convergence limit (default 120 s); then migrate_cancel, converged=false
+#   --max-limit S        limit of the 'max' workload (default 60 s, --quick 20 s)
+#   --warmup S           seconds between SOD-READY and migrate (default 5, --quick 3)
+#   --poll-ms MS         client probe interval (default 10)
+#   --max-bandwidth MIB  QEMU max-bandwidth in MiB/s (default 0 = unlimited; QEMU's own default of
+#                        128 MiB/s would make every mode equally slow)
+#   --downtime-limit MS  QEMU downtime-limit (default 300, QEMU's default)
+#   --pattern-mb MB      also run the guest's sod-pattern checker on MB MiB (default 0 = off)
+#   --accel tcg|kvm      default tcg (-cpu qemu64); kvm only where it is known to work
+#   --out DIR            output directory (default out/bench/<UTC timestamp> in the repo)
+#   --report DIR         only regenerate DIR/table.md, DIR/plot.svg, DIR/summary.json from
+#                        DIR/results.json
+#   -h, --help
+# Output in the output directory: results.json (environment, settings, every run's raw numbers,
+# written after each run), table.md (paste into BENCHMARKS.md), plot.svg, summary.json, runs/*/
+# (each run's consoles and QEMU logs), tls/ (the throwaway certificates).
+# Environment: SOD_GUEST_DIR (guest cache, default /var/cache/sod/guest), SOD_BENCH_SOD_CMD (the sod
+# hook command; its contract is in scripts/bench/driver.py, run_sod()).
+# Needs root only to install missing packages (qemu-system-x86, openssl, python3) and to build the
+# guest the first time. All traffic stays on 127.0.0.1. Both QEMUs of a run are killed and their
+# memory files in /dev/shm deleted after every run, and on errors or Ctrl-C.
+set -euo pipefail
+
+SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
+REPO=$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd)
+BENCH_DIR=$REPO/scripts/bench
+GUEST_DIR=${SOD_GUEST_DIR:-/var/cache/sod/guest}
+
+usage() { sed -n '2,/^set -euo/p' "$SCRIPT_PATH" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+out=""
+report=""
+pass=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --out) out=$2; shift ;;
+    --out=*) out=${1#--out=} ;;
+    --report) report=$2; shift ;;
+    --quick) pass+=("$1") ;;
+    --reps|--mem|--modes|--workloads|--workload|--limit|--max-limit|--warmup|--poll-ms|\
+    --max-bandwidth|--downtime-limit|--pattern-mb|--accel)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      pass+=("$1" "$2"); shift ;;
+    *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { echo "bench: $*" >&2; }
+
+# ---- what we need -------------------------------------------------------------------------------
+need=(qemu-system-x86 openssl python3)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { log "missing packages ${missing[*]}: run as root or install them"; exit 1; }
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+    { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+fi
+
+if [ -n "$report" ]; then
+  [ -f "$report/results.json" ] || { log "no $report/results.json"; exit 1; }
+  PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+  exec "$PY" "$BENCH_DIR/driver.py" --report "$report"
+fi
+
+SOD_GUEST_DIR=$GUEST_DIR "$REPO/scripts/build-guest.sh" --quiet "$GUEST_DIR" >/dev/null ||
+  { log "scripts/build-guest.sh failed"; exit 1; }
+
+if [ -z "$out" ]; then
+  out=$REPO/out/bench/$(date -u +%Y%m%dT%H%M%SZ)
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# ---- cleanup on every exit path -----------------------------------------------------------------
+# The driver stops its QEMUs itself (also on SIGINT/SIGTERM); this trap is the safety net for a
+# driver that died hard: it kills the QEMUs the driver recorded (only if they still are QEMUs of
+# this output directory) and removes this invocation's memory files.
+shm_prefix=/dev/shm/sod-bench-$$-
+export SOD_BENCH_SHM_PREFIX=$shm_prefix
+cleanup() {
+  local pid
+  if [ -f "$out/.qemu-pids" ]; then
+    while read -r pid; do
+      [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || continue
+      if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$out/runs/"; then
+        kill "$pid" 2>/dev/null || true
+        sleep 0.5
+        kill -9 "$pid" 2>/dev/null || true
+      fi
+    done < "$out/.qemu-pids"
+    rm -f "$out/.qemu-pids"
+  fi
+  rm -f "${shm_prefix}"* 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+log "output: $out"
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+rc=0
+"$PY" "$BENCH_DIR/driver.py" --out-dir "$out" --guest-dir "$GUEST_DIR" "${pass[@]}" || rc=$?
+exit $rc

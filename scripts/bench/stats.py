@@ -1,0 +1,196 @@
+"""Statistics and the markdown table for the migration benchmark (input: results.json).
+
+Per workload x mode: medians with min/max over the repetitions. Times, downtimes, bytes and rounds
+are taken over the *converged* runs; a run that did not converge within its limit is counted in
+"converged k/n" and, when no run of that cell converged, the cell shows what happened until the
+migration was cancelled (time = the limit, bytes/rounds sent until then), marked "n/c".
+Ratios to plain QEMU are ratios of medians measured in the same benchmark invocation (same guest,
+workload and machine state, modes interleaved inside each repetition).
+"""
+
+import statistics
+
+# What the calibration found and why the workloads are what they are (shown under the table).
+CALIBRATION_NOTE = """\
+Workload calibration (TCG, 1 vCPU, QEMU 7.2, loopback, max-bandwidth unlimited, downtime-limit 300 ms):
+the guest dirtier (`sod-dirty`) writes one word per 4 KiB page at the requested MiB/s over its working
+set. *heavy* = 256 MiB at 96 MiB/s is the calibrated point where plain QEMU still converges in a few
+rounds; *max* = 256 MiB as fast as the vCPU can (`rate=max`), with a shorter limit, shows how each mode
+copes with a guest that dirties faster than it can be copied. See "Calibration" in the report for the
+rate sweep behind this choice."""
+
+METRICS = [
+    # key, label, source field, scale
+    ("total_s", "Total time (s)", "wall_total_s", 1.0),
+    ("downtime_ms", "QEMU downtime (ms)", "downtime_ms", 1.0),
+    ("client_ms", "Client-visible downtime (ms)", "client_downtime_ms", 1.0),
+    ("mb", "RAM sent (MB)", "bytes", 1e-6),
+    ("rounds", "Rounds", "rounds", 1.0),
+]
+
+
+def _st(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def run_summary(r):
+    if r.get("status") == "error":
+        return f"ERROR {r.get('error')}"
+    parts = [f"{r.get('status')} in {r.get('wall_total_s')} s"]
+    if r.get("downtime_ms") is not None:
+        parts.append(f"downtime {r['downtime_ms']} ms")
+    if r.get("client_downtime_ms") is not None:
+        parts.append(f"client-visible {r['client_downtime_ms']} ms")
+    if r.get("bytes") is not None:
+        parts.append(f"{r['bytes'] / 1e6:.0f} MB")
+    if r.get("rounds") is not None:
+        parts.append(f"{r['rounds']} rounds")
+    if r.get("heartbeat"):
+        parts.append("heartbeat continues" if r["heartbeat"].get("continues") else "HEARTBEAT BROKEN")
+    if r.get("guest_dirty_rate_mib_s") is not None:
+        parts.append(f"guest dirtied {r['guest_dirty_rate_mib_s']:.0f} MiB/s")
+    parts.append(f"(boot {r.get('boot_s', 0):.1f} s, run {r.get('run_wall_s')} s)")
+    return ", ".join(parts)
+
+
+def aggregate(doc):
+    s = doc["settings"]
+    runs = doc["runs"]
+    cells = {}
+    for w in s["workload_order"]:
+        for m in s["modes"]:
+            rs = [r for r in runs if r["workload"] == w and r["mode"] == m]
+            ok = [r for r in rs if r.get("status") != "error"]
+            conv = [r for r in ok if r.get("converged")]
+            nconv = [r for r in ok if not r.get("converged")]
+            c = {"runs": len(rs), "errors": len(rs) - len(ok), "converged": len(conv),
+                 "not_converged": len(nconv),
+                 "heartbeat_ok": sum(1 for r in conv if (r.get("heartbeat") or {}).get("continues")),
+                 "guest_dirty_rate_mib_s": _st([r.get("guest_dirty_rate_mib_s") for r in ok]),
+                 "conv": {}, "nc": {}}
+            for key, _label, field, scale in METRICS:
+                c["conv"][key] = _st([r[field] * scale if r.get(field) is not None else None for r in conv])
+                c["nc"][key] = _st([r[field] * scale if r.get(field) is not None else None for r in nconv])
+            c["conv"]["mbps"] = _st([r["bytes"] / r["wall_total_s"] / 1e6 for r in conv
+                                     if r.get("bytes") and r.get("wall_total_s")])
+            c["nc"]["mbps"] = _st([r["bytes"] / r["wall_total_s"] / 1e6 for r in nconv
+                                   if r.get("bytes") and r.get("wall_total_s")])
+            c["limit_s"] = s["workloads"][w]["limit_s"]
+            cells[f"{w}/{m}"] = c
+    # ratios to plain (ratio of medians)
+    for w in s["workload_order"]:
+        base = cells.get(f"{w}/plain")
+        for m in s["modes"]:
+            c = cells[f"{w}/{m}"]
+            c["ratio"] = {}
+            if not base or m == "plain":
+                continue
+            for key in ("total_s", "downtime_ms", "mb"):
+                b = base["conv"][key]
+                v = c["conv"][key]
+                if b and v and b["median"]:
+                    c["ratio"][key] = {"value": v["median"] / b["median"], "bound": "="}
+                elif b and b["median"] and not v and key == "total_s" and c["nc"]["total_s"]:
+                    # never converged: at least limit / plain's median
+                    c["ratio"][key] = {"value": c["nc"]["total_s"]["median"] / b["median"], "bound": ">="}
+    return {"cells": cells}
+
+
+def _fmt(st, digits, prefix=""):
+    if not st:
+        return "—"
+    f = f"{{:.{digits}f}}"
+    if st["n"] == 1 or (st["min"] == st["max"]):
+        return prefix + f.format(st["median"])
+    return f"{prefix}{f.format(st['median'])} ({f.format(st['min'])}–{f.format(st['max'])})"
+
+
+def _digits(st):
+    if not st:
+        return 0
+    v = st["median"]
+    return 2 if v < 10 else 1 if v < 100 else 0
+
+
+def table_md(doc, summary):
+    s, env = doc["settings"], doc["environment"]
+    cells = summary["cells"]
+    lines = []
+    lines.append(f"Live migration, {s['mem_mb']} MiB guest, {s['accel'].upper()} ({s['cpu']}, "
+                 f"{s['smp']} vCPU), {s['reps']} repetition(s), modes interleaved; "
+                 f"median (min–max). {env.get('date_utc', '')}")
+    lines.append("")
+    hdr = ["Workload", "Mode", "Converged", "Total time (s)", "QEMU downtime (ms)",
+           "Client-visible downtime (ms)", "RAM sent (MB)", "Rounds", "MB/s",
+           "× plain time", "× plain downtime", "× plain bytes", "Heartbeat continues"]
+    lines.append("| " + " | ".join(hdr) + " |")
+    lines.append("|" + "|".join(["---"] * 2 + ["--:"] * (len(hdr) - 2)) + "|")
+    for w in s["workload_order"]:
+        wl = s["workloads"][w]
+        wdesc = f"{w} ({wl['dirty_mb']} MiB @ {wl['dirty_rate']}{'' if wl['dirty_rate'] == 'max' else ' MiB/s'})" \
+            if wl["dirty_mb"] else f"{w} (no dirtier)"
+        for m in s["modes"]:
+            c = cells[f"{w}/{m}"]
+            n_ok = c["runs"] - c["errors"]
+            conv = f"{c['converged']}/{n_ok}" + (f" ({c['errors']} err)" if c["errors"] else "")
+            if c["converged"]:
+                src, nc = c["conv"], ""
+            else:
+                src, nc = c["nc"], " n/c"
+            tt = _fmt(src["total_s"], _digits(src["total_s"]), ">" if nc else "") if src["total_s"] else "—"
+            row = [wdesc, m, conv, tt + ("" if not nc or not src["total_s"] else " (limit)"),
+                   _fmt(c["conv"]["downtime_ms"], 0), _fmt(c["conv"]["client_ms"], 0),
+                   _fmt(src["mb"], 0) + (nc if src["mb"] else ""),
+                   _fmt(src["rounds"], 0) + (nc if src["rounds"] else ""),
+                   _fmt(src["mbps"], 0)]
+            for key in ("total_s", "downtime_ms", "mb"):
+                r = c["ratio"].get(key)
+                if m == "plain":
+                    row.append("1")
+                elif not r:
+                    row.append("—")
+                else:
+                    row.append(("≥" if r["bound"] == ">=" else "") + f"{r['value']:.2f}")
+            row.append(f"{c['heartbeat_ok']}/{c['converged']}" if c["converged"] else "—")
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("Notes:")
+    lines.append("- Total time: host clock from the `migrate` command to the source's MIGRATION "
+                 "`completed` event. QEMU downtime: `query-migrate` → `downtime`. RAM sent: "
+                 "`ram.transferred`. Rounds: `ram.dirty-sync-count`. MB/s = RAM sent / total time.")
+    lines.append(f"- Client-visible downtime: a host client opens a TCP connection every "
+                 f"{s['poll_ms']:g} ms to the guest's heartbeat service through the source's and the "
+                 f"destination's hostfwd ports; the longest gap between successive answers (either side) "
+                 f"from just before `migrate` until the destination answers. Heartbeat continues: the "
+                 f"destination's counter and uptime continue from the source's last values (not reset).")
+    lim = ", ".join(f"{w} {s['workloads'][w]['limit_s']:g} s" for w in s["workload_order"])
+    lines.append(f"- n/c = did not converge within the limit ({lim}); the migration was then "
+                 f"cancelled (`migrate_cancel`, VM keeps running at the source); its time is the limit, "
+                 f"its RAM sent/rounds are those until cancel. Ratios are ratios of medians to plain "
+                 f"QEMU measured in the same invocation; ≥ = lower bound (mode did not converge).")
+    lines.append(f"- QEMU parameters: max-bandwidth {'unlimited' if s['max_bandwidth_bytes_s'] >= 2**40 else str(s['max_bandwidth_bytes_s'] // 2**20) + ' MiB/s'}, "
+                 f"downtime-limit {s['downtime_limit_ms']} ms, no auto-converge/multifd/compression; "
+                 f"TLS: {s['tls']}, hostname {s['tls_hostname']}.")
+    rates = []
+    for w in s["workload_order"]:
+        rr = [cells[f"{w}/{m}"]["guest_dirty_rate_mib_s"] for m in s["modes"]]
+        rr = [x["median"] for x in rr if x]
+        if rr:
+            rates.append(f"{w} {statistics.median(rr):.0f} MiB/s")
+    if rates:
+        lines.append("- Dirty rate the guest itself reported before the migration (median): "
+                     + ", ".join(rates) + ".")
+    for m, why in (s.get("modes_skipped") or {}).items():
+        lines.append(f"- {m}: {why}")
+    lines.append(f"- Host: {env.get('cpu_model')}, {env.get('nproc')} cores (shared with other work: "
+                 f"load average {env.get('loadavg_start', [0])[0]:.1f} at start, "
+                 f"{(env.get('loadavg_end') or [0])[0]:.1f} at end), kernel {env.get('kernel')}, "
+                 f"{env.get('qemu')}, {env.get('openssl')}. Guest: "
+                 f"{env.get('guest_manifest', {}).get('kernel_package', '?')} + busybox initramfs.")
+    lines.append("- " + CALIBRATION_NOTE.replace("\n", " "))
+    if doc.get("interrupted"):
+        lines.append("- **This run was interrupted; the table covers the finished runs only.**")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,190 @@
+// sodd: the per-host sod daemon — VMs of this host, the migration endpoint, the admin socket.
+//
+//   sodd --host-id ID --state-dir DIR --listen 127.0.0.1:PORT --tls-dir DIR
+//        [--admin-socket PATH] [--forward-ports 20000-20999] [--qemu BINARY]
+//        [--data-channels N] [--io auto|uring|posix] [--max-incoming N] [-v]
+//
+// Logs to stderr and <state dir>/sodd.log; writes <state dir>/sodd.pid (locked while sodd runs).
+// SIGTERM / SIGINT stop sodd cleanly; VMs keep running and are re-adopted by the next sodd.
+// Exit status: 0 after a clean stop, 1 when sodd could not start, 2 on a usage error.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "host/forward_ports.h"
+#include "host/host_daemon.h"
+#include "host/state_dir.h"
+#include "spdlog/sinks/basic_file_sink.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+#ifndef SOD_VERSION
+#define SOD_VERSION "unknown"
+#endif
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+// "127.0.0.1:7400", "[::1]:7400", "localhost:7400".
+bool ParseListen(const std::string& text, std::string& host, uint16_t& port) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  std::string p = text.substr(colon + 1);
+  unsigned v = 0;
+  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+  if (ec != std::errc() || end != p.data() + p.size() || p.empty() || v > 65535) return false;
+  port = static_cast<uint16_t>(v);
+  return !host.empty();
+}
+
+std::shared_ptr<spdlog::logger> MakeLogger(const std::string& file, bool verbose) {
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  std::vector<spdlog::sink_ptr> sinks = {console};
+  try {
+    sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(file));
+  } catch (const spdlog::spdlog_ex& e) {
+    std::cerr << "sodd: cannot open log file " << file << ": " << e.what() << "\n";
+  }
+  auto log = std::make_shared<spdlog::logger>("sodd", sinks.begin(), sinks.end());
+  log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  log->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+  log->flush_on(spdlog::level::info);
+  return log;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"sodd - the sod (Security on Demand) host daemon: runs this host's VMs, accepts "
+               "secure migrations, and serves the admin socket that sodctl talks to",
+               "sodd"};
+  app.set_version_flag("--version", "sodd " SOD_VERSION);
+  sod::HostDaemonConfig config;
+  std::string listen = "127.0.0.1:7400";
+  std::string ports = sod::PortRangeToString(config.forward_ports);
+  std::string io = "auto";
+  bool verbose = false;
+  app.add_option("--host-id", config.host_id,
+                 "This host's id; TLS-DIR/ID.crt and TLS-DIR/ID.key must name it")
+      ->required()
+      ->type_name("ID");
+  app.add_option("--state-dir", config.state_dir,
+                 "State directory (created 0700): VMs, logs, pid file, admin socket")
+      ->capture_default_str()
+      ->type_name("DIR");
+  app.add_option("--listen", listen, "Migration endpoint HOST:PORT (TLS 1.3, mutual X.509)")
+      ->capture_default_str()
+      ->type_name("HOST:PORT");
+  app.add_option("--tls-dir", config.tls_dir,
+                 "Directory with ca.crt, ID.crt and ID.key (see 'sodctl pki')")
+      ->required()
+      ->type_name("DIR");
+  app.add_option("--admin-socket", config.admin_socket,
+                 "Admin socket (mode 0600) [default: STATE-DIR/sodd.sock]")
+      ->type_name("PATH");
+  app.add_option("--forward-ports", ports,
+                 "Host ports forwarded to guests (127.0.0.1:PORT -> guest_port)")
+      ->capture_default_str()
+      ->type_name("FIRST-LAST");
+  app.add_option("--qemu", config.qemu_binary, "QEMU binary (looked up in PATH without a '/')")
+      ->capture_default_str()
+      ->type_name("BINARY");
+  app.add_option("--data-channels", config.data_channels,
+                 "Most data channels granted to an incoming migration")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16))
+      ->type_name("N");
+  app.add_option("--io", io, "Data channel I/O: auto, uring or posix")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "uring", "posix"}));
+  app.add_option("--max-incoming", config.max_incoming_sessions,
+                 "Incoming migration sessions served at once; more are refused as busy")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64))
+      ->type_name("N");
+  app.add_flag("-v,--verbose", verbose, "Debug logging");
+  app.footer(
+      "Signals: SIGTERM or SIGINT stop sodd; VMs keep running and the next sodd re-adopts them.\n"
+      "Exit status: 0 after a clean stop, 1 when sodd could not start, 2 on a usage error.");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+  if (!ParseListen(listen, config.listen_host, config.listen_port)) {
+    std::cerr << "sodd: --listen: expected HOST:PORT, got \"" << listen << "\"\n";
+    return kExitUsage;
+  }
+  sod::Result<sod::PortRange> range = sod::ParsePortRange(ports);
+  if (!range.ok()) {
+    std::cerr << "sodd: --forward-ports: " << range.status().message() << "\n";
+    return kExitUsage;
+  }
+  config.forward_ports = *range;
+  config.io = io == "uring" ? sod::IoBackend::kUring
+              : io == "posix" ? sod::IoBackend::kPosix
+                              : sod::IoBackend::kAuto;
+
+  // Block the stop signals in every thread (threads inherit this mask); main waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (config.state_dir.empty() || config.state_dir.front() != '/') {
+    std::cerr << "sodd: --state-dir must be an absolute path\n";
+    return kExitUsage;
+  }
+  if (sod::Status s = sod::MakePrivateDir(config.state_dir); !s.ok()) {
+    std::cerr << "sodd: " << s.ToString() << "\n";
+    return kExitError;
+  }
+  std::shared_ptr<spdlog::logger> log = MakeLogger(config.state_dir + "/sodd.log", verbose);
+  log->info("sodd " SOD_VERSION " starting as {} (pid {})", config.host_id, ::getpid());
+
+  sod::Result<std::unique_ptr<sod::HostDaemon>> daemon = sod::HostDaemon::Create(config, log);
+  if (!daemon.ok()) {
+    log->error("cannot start: {}", daemon.status().ToString());
+    return kExitError;
+  }
+  sod::HostDaemon& d = **daemon;
+  // The migration engine plugs in here, before Start (see host/host_daemon.h):
+  //   d.SetSessionHandler(...);                   destination side
+  //   d.admin().Register("migrate", ...);         source side, and "recover"
+  if (sod::Status s = d.Start(); !s.ok()) {
+    log->error("cannot start: {}", s.ToString());
+    return kExitError;
+  }
+
+  for (;;) {
+    timespec tick{1, 0};
+    int sig = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (sig == SIGTERM || sig == SIGINT) {
+      log->info("{} received, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      break;
+    }
+    d.Tick();
+  }
+  d.Shutdown();
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }
