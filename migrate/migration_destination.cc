@@ -190,6 +190,7 @@ Status DestinationMigration::VerifyAndResume() {
   }
 
   // 4. Decide, then resume. A recovery query that fenced this migration wins.
+  if (ctx_.before_decide_for_testing) ctx_.before_decide_for_testing();
   SOD_ASSIGN_OR_RETURN(MigrationOutcome decided,
                        ctx_.ledger->Decide(offer_.migration_id, MigrationOutcome::kCommitted,
                                            offer_.vm_name));
@@ -208,6 +209,7 @@ Status DestinationMigration::VerifyAndResume() {
   const uint64_t resumed_ms = UnixMillisNow();
   SOD_ASSIGN_OR_RETURN(Bytes sig, SignReceipt(*ctx_.signer, r, ReceiptRole::kDestination));
   report_.receipt = SignedReceipt{r, commit_.signature, sig};
+  if (ctx_.after_resume_for_testing) ctx_.after_resume_for_testing(session_);
   // The VM runs here now; if the acknowledgement is lost the source recovers by asking.
   (void)session_.SendControl(CommitAckMsg{resumed_ms, sig});
   return Status::Ok();

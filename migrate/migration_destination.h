@@ -36,6 +36,11 @@ struct DestinationContext {
   // For outcome queries: does the VM of this migration run here now? Empty: "no".
   std::function<bool(const MigrationId&)> vm_running;
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);
+
+  // Test seams (empty in production): called after the commit verified, just before "committed"
+  // is decided; and after the VM resumed, just before the acknowledgement is sent.
+  std::function<void()> before_decide_for_testing;
+  std::function<void(Session&)> after_resume_for_testing;
 };
 
 struct DestinationReport {

@@ -243,6 +243,7 @@ Status SourceMigration::Commit() {
     SOD_ASSIGN_OR_RETURN(r.ram_digest, vm_.RamDigest());
     r.ram_digest_present = true;
   }
+  if (opts_.mutate_receipt_for_testing) opts_.mutate_receipt_for_testing(r);
   SOD_ASSIGN_OR_RETURN(source_signature_, SignReceipt(signer_, r, ReceiptRole::kSource));
   CommitBody commit{r.records, r.transcript, EncodeReceipt(r), source_signature_};
   Bytes body;

@@ -33,6 +33,8 @@ struct SourceOptions {
   // Extra check of the destination while the VM is paused before switchover (attestation plugs
   // in here). A non-OK result aborts the migration.
   std::function<Status(Session&)> switchover_check;
+  // Test seam (empty in production): may alter the receipt after it is built, before signing.
+  std::function<void(Receipt&)> mutate_receipt_for_testing;
 };
 
 enum class SourceOutcome { kCommitted, kAborted, kInDoubt };
