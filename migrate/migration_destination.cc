@@ -190,7 +190,7 @@ Status DestinationMigration::VerifyAndResume() {
   }
 
   // 4. Decide, then resume. A recovery query that fenced this migration wins.
-  if (ctx_.before_decide_for_testing) ctx_.before_decide_for_testing();
+  if (ctx_.before_decide_for_testing) ctx_.before_decide_for_testing(offer_.migration_id);
   SOD_ASSIGN_OR_RETURN(MigrationOutcome decided,
                        ctx_.ledger->Decide(offer_.migration_id, MigrationOutcome::kCommitted,
                                            offer_.vm_name));

@@ -39,7 +39,7 @@ struct DestinationContext {
 
   // Test seams (empty in production): called after the commit verified, just before "committed"
   // is decided; and after the VM resumed, just before the acknowledgement is sent.
-  std::function<void()> before_decide_for_testing;
+  std::function<void(const MigrationId&)> before_decide_for_testing;
   std::function<void(Session&)> after_resume_for_testing;
 };
 

@@ -296,7 +296,7 @@ SourceReport SourceMigration::Run() {
     return std::move(report_);
   }
   // The commit is out. From here the VM never resumes here without the destination's word.
-  auto reply = inbox_.Next(opts_.step_timeout, "answer to the commit");
+  auto reply = inbox_.Next(opts_.commit_timeout, "answer to the commit");
   if (reply.ok() && std::holds_alternative<CommitAckMsg>(*reply)) {
     const auto& ack = std::get<CommitAckMsg>(*reply);
     Event(SourceEvent::kCommitAcknowledged);

@@ -30,6 +30,8 @@ struct SourceOptions {
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
   std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);  // each peer answer
+  // How long to wait for the answer to the commit before the migration is in doubt.
+  std::chrono::milliseconds commit_timeout = std::chrono::seconds(30);
   // Extra check of the destination while the VM is paused before switchover (attestation plugs
   // in here). A non-OK result aborts the migration.
   std::function<Status(Session&)> switchover_check;

@@ -69,7 +69,9 @@ Status ReadString(const json& v, std::string_view key, std::string& out) {
 }
 
 Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t& out) {
-  if (!v.is_number_unsigned()) {
+  // Parsed text gives unsigned numbers for non-negative integers; values built in C++ may be
+  // signed ones.
+  if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0)) {
     std::string what = v.is_number() ? "a negative or fractional number" : v.type_name();
     return Invalid(key, "must be a non-negative integer, got " + what);
   }
@@ -320,8 +322,9 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
       SOD_RETURN_IF_ERROR(ReadUnsigned(v, key, UINT16_MAX, n));
       s.guest_port = static_cast<uint16_t>(n);
     } else {
-      return Invalid(key, "is not a known key (known: name, memory_mb, vcpus, machine, accel, "
-                          "cpu, kernel, initrd, append, disk, guest_port)");
+      return Invalid(key,
+                     "is not a known key (known: name, memory_mb, vcpus, machine, accel, "
+                     "cpu, kernel, initrd, append, disk, guest_port)");
     }
   }
   if (!have_name) return Invalid("name", "is required");
@@ -330,9 +333,9 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
 }
 
 json VmSpecToJson(const VmSpec& s) {
-  return json{{"name", s.name},     {"memory_mb", s.memory_mb}, {"vcpus", s.vcpus},
-              {"machine", s.machine}, {"accel", s.accel},         {"cpu", s.cpu},
-              {"kernel", s.kernel},   {"initrd", s.initrd},       {"append", s.append},
+  return json{{"name", s.name},       {"memory_mb", s.memory_mb},  {"vcpus", s.vcpus},
+              {"machine", s.machine}, {"accel", s.accel},          {"cpu", s.cpu},
+              {"kernel", s.kernel},   {"initrd", s.initrd},        {"append", s.append},
               {"disk", s.disk},       {"guest_port", s.guest_port}};
 }
 
@@ -378,8 +381,7 @@ VmPaths MakeVmPaths(const std::string& dir, std::string_view host_id, const VmSp
   p.qmp_socket = dir + "/qmp.sock";
   p.serial_log = dir + "/serial.log";
   p.qemu_log = dir + "/qemu.log";
-  p.memory_file =
-      "/dev/shm/sod-" + std::string(host_id) + "-" + spec.name + "-" + Hex8Random();
+  p.memory_file = "/dev/shm/sod-" + std::string(host_id) + "-" + spec.name + "-" + Hex8Random();
   p.host_port = host_port;
   return p;
 }
@@ -387,6 +389,8 @@ VmPaths MakeVmPaths(const std::string& dir, std::string_view host_id, const VmSp
 std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
                                        VmLaunchMode mode) {
   const std::string mem = std::to_string(spec.memory_mb) + "M";
+  // One option and its value per line.
+  // clang-format off
   std::vector<std::string> a = {
       "-name", spec.name,
       "-accel", spec.accel,
@@ -397,6 +401,7 @@ std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
                      QemuEscape(paths.memory_file) + ",share=on",
       "-machine", spec.machine + ",memory-backend=mem0",
       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"};
+  // clang-format on
   if (!spec.kernel.empty()) a.insert(a.end(), {"-kernel", spec.kernel});
   if (!spec.initrd.empty()) a.insert(a.end(), {"-initrd", spec.initrd});
   if (!spec.append.empty()) a.insert(a.end(), {"-append", spec.append});
@@ -434,8 +439,8 @@ std::string Vm::Describe() const {
   return "vm " + spec_.name + " (pid " + std::to_string(pid_) + ")";
 }
 
-Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
-                                       VmLaunchMode mode, const std::string& qemu_binary) {
+Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths, VmLaunchMode mode,
+                                       const std::string& qemu_binary) {
   const std::string what = "vm " + spec.name;
   auto fail = [&](Errc code, const std::string& msg) { return Error(code, what + ": " + msg); };
   if (Status s = ValidateVmSpec(spec); !s.ok()) return s.WithContext(what);
@@ -501,9 +506,8 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
     }
     if (Clock::now() >= deadline) {
       return cleanup_fail(*pid, Errc::kTimeout,
-                          "QMP did not answer within " +
-                              std::to_string(kLaunchTimeout.count()) + " ms (" +
-                              last.ToString() + ")");
+                          "QMP did not answer within " + std::to_string(kLaunchTimeout.count()) +
+                              " ms (" + last.ToString() + ")");
     }
     Result<std::unique_ptr<QmpClient>> c = QmpClient::Connect(paths.qmp_socket, milliseconds(500));
     if (c.ok()) {
@@ -520,9 +524,8 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
   for (;;) {
     Result<json> r = qmp->Execute("query-status");
     if (!r.ok()) return cleanup_fail(*pid, r.status().code(), r.status().message());
-    std::string state = r->is_object() && (*r)["status"].is_string()
-                            ? (*r)["status"].get<std::string>()
-                            : "";
+    std::string state =
+        r->is_object() && (*r)["status"].is_string() ? (*r)["status"].get<std::string>() : "";
     if (state == want) break;
     if (Clock::now() >= deadline) {
       return cleanup_fail(*pid, Errc::kTimeout,

@@ -26,20 +26,20 @@
 namespace sod {
 
 // What a customer asks for. Travels with the VM on migration, so a destination must treat a spec
-// from a peer as hostile: VmSpecFromJson checks every field, and the destination decides (by policy)
-// whether the kernel / initrd / disk paths it names are acceptable there.
+// from a peer as hostile: VmSpecFromJson checks every field, and the destination decides (by
+// policy) whether the kernel / initrd / disk paths it names are acceptable there.
 struct VmSpec {
-  std::string name;               // [a-z0-9][a-z0-9-]{0,31}
-  uint32_t memory_mb = 512;       // 64..16384
-  uint32_t vcpus = 1;             // 1..16
-  std::string machine = "pc";     // QEMU machine type: 1..64 of [a-z0-9._-]
-  std::string accel = "tcg";      // "tcg" | "kvm"
-  std::string cpu = "qemu64";     // QEMU -cpu value: 1..128 of [A-Za-z0-9._+=,-]
-  std::string kernel;             // direct kernel boot: absolute paths that must exist on every host
-  std::string initrd;             //   (kernel is required unless a disk is given)
-  std::string append;             // kernel command line, at most 2047 bytes, no control characters
-  std::string disk;               // optional raw disk image on shared storage ("" = none)
-  uint16_t guest_port = 0;        // guest TCP port forwarded from the host (0 = no network)
+  std::string name;            // [a-z0-9][a-z0-9-]{0,31}
+  uint32_t memory_mb = 512;    // 64..16384
+  uint32_t vcpus = 1;          // 1..16
+  std::string machine = "pc";  // QEMU machine type: 1..64 of [a-z0-9._-]
+  std::string accel = "tcg";   // "tcg" | "kvm"
+  std::string cpu = "qemu64";  // QEMU -cpu value: 1..128 of [A-Za-z0-9._+=,-]
+  std::string kernel;          // direct kernel boot: absolute paths that must exist on every host
+  std::string initrd;          //   (kernel is required unless a disk is given)
+  std::string append;          // kernel command line, at most 2047 bytes, no control characters
+  std::string disk;            // optional raw disk image on shared storage ("" = none)
+  uint16_t guest_port = 0;     // guest TCP port forwarded from the host (0 = no network)
   bool operator==(const VmSpec&) const = default;
 };
 
@@ -54,8 +54,8 @@ inline constexpr size_t kMaxVmSpecFileBytes = 64 * 1024;
 Status ValidateVmName(std::string_view name);
 // kInvalidArgument naming the first field that is out of its range or alphabet.
 Status ValidateVmSpec(const VmSpec& spec);
-// Strict decoding: `j` must be an object; unknown keys, wrong JSON types (a number given as a string,
-// a float or negative number for a count, ...) and out-of-range values are refused with
+// Strict decoding: `j` must be an object; unknown keys, wrong JSON types (a number given as a
+// string, a float or negative number for a count, ...) and out-of-range values are refused with
 // kInvalidArgument naming the key. "name" is required, and "kernel" unless "disk" is given; every
 // other key defaults as in VmSpec.
 Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
@@ -90,8 +90,7 @@ enum class VmLaunchMode {
 // produce the same device configuration, which is what migration needs; only the host-local paths
 // and the forwarded host port differ. Network (user-net, restrict=on, virtio-net-pci) only when
 // spec.guest_port != 0, with a host forward when paths.host_port != 0.
-std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
-                                       VmLaunchMode mode);
+std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths, VmLaunchMode mode);
 
 // A QEMU process that sod started (or adopted after a sodd restart) plus its QMP connection.
 //

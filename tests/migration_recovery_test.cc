@@ -1,0 +1,126 @@
+// The exactly-once branches after the commit (migrate/PROTOCOL.md, section 11), with real QEMU
+// guests: a commit the destination refuses (the source resumes), an acknowledgement that never
+// arrives (the source stays paused, in doubt, and recovery finds the commit), and a recovery
+// query that arrives while the destination is still verifying the commit (the fence: the
+// destination may no longer commit, the source resumes, and the VM runs in exactly one place).
+#include <future>
+#include <thread>
+
+#include "migration_fixture.h"
+
+namespace sod {
+namespace {
+
+using namespace std::chrono_literals;
+
+class MigrationRecoveryTest : public MigrationFixture {
+ protected:
+  // Runs a second session to host B (a fresh listener) for recovery, served by `ctx`.
+  Result<SourceOutcome> Recover(DestinationContext ctx, const MigrationId& id,
+                                DestinationReport* served) {
+    auto listener = SessionListener::Listen(*b_.server, "127.0.0.1", 0, session_options_);
+    if (!listener.ok()) return listener.status();
+    auto dest = std::async(std::launch::async, [&]() {
+      auto s = (*listener)->Accept(20s);
+      DestinationReport r;
+      if (!s.ok()) {
+        r.error = s.status();
+        return r;
+      }
+      return ServeSession(**s, ctx);
+    });
+    auto session = Session::Connect(*a_.client, "127.0.0.1", (*listener)->port(), "hostb",
+                                    session_options_);
+    Result<SourceOutcome> out = session.ok() ? RecoverInDoubt(**session, *source_vm_, id)
+                                             : Result<SourceOutcome>(session.status());
+    *served = dest.get();
+    return out;
+  }
+
+  void ExpectSourcePausedNotRunning() {
+    auto state = source_vm_->RunState();
+    ASSERT_TRUE(state.ok()) << state.status().ToString();
+    EXPECT_NE(*state, "running") << "an in-doubt source must not run";
+  }
+};
+
+TEST_F(MigrationRecoveryTest, CommitRefusedByTheDestinationResumesTheSource) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=8");
+  SourceOptions opts;
+  // The receipt claims one more stream byte than was sent: the destination must refuse.
+  opts.mutate_receipt_for_testing = [](Receipt& r) { r.stream_bytes += 1; };
+  Outcome o = Migrate(DestContext(), "hostb", opts);
+  EXPECT_EQ(o.source.outcome, SourceOutcome::kAborted);
+  EXPECT_EQ(o.source.final_state, SourceState::kAborted) << "via commit-refused, not in-doubt";
+  EXPECT_NE(o.source.error.message().find("stream bytes"), std::string::npos)
+      << o.source.error.ToString();
+  EXPECT_EQ(o.dest.error.code(), Errc::kIntegrity) << o.dest.error.ToString();
+  EXPECT_EQ(b_.ledger.Lookup(o.source.id), MigrationOutcome::kAborted);
+  ExpectSourceStillRunsAndNothingAtDestination();
+}
+
+TEST_F(MigrationRecoveryTest, RamDigestMismatchIsRefused) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=8");
+  SourceOptions opts;
+  opts.mutate_receipt_for_testing = [](Receipt& r) { r.ram_digest[0] ^= 1; };
+  Outcome o = Migrate(DestContext(), "hostb", opts);
+  EXPECT_EQ(o.source.outcome, SourceOutcome::kAborted);
+  EXPECT_NE(o.dest.error.message().find("guest RAM differs"), std::string::npos)
+      << o.dest.error.ToString();
+  ExpectSourceStillRunsAndNothingAtDestination();
+}
+
+TEST_F(MigrationRecoveryTest, LostAcknowledgementIsInDoubtAndRecoveryFindsTheCommit) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=8");
+  DestinationContext ctx = DestContext();
+  // The destination resumes the VM, then the link dies before the acknowledgement goes out.
+  ctx.after_resume_for_testing = [](Session& s) { s.Shutdown(); };
+  Outcome o = Migrate(ctx);
+  ASSERT_EQ(o.source.outcome, SourceOutcome::kInDoubt) << o.source.error.ToString();
+  EXPECT_EQ(o.source.final_state, SourceState::kInDoubt);
+  ASSERT_TRUE(o.dest.error.ok()) << o.dest.error.ToString();
+  ASSERT_TRUE(dest_vm_);
+  ExpectSourcePausedNotRunning();
+
+  DestinationContext rctx = DestContext();
+  rctx.vm_running = [&](const MigrationId&) { return dest_vm_ && dest_vm_->Alive(); };
+  DestinationReport served;
+  auto r = Recover(rctx, o.source.id, &served);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, SourceOutcome::kCommitted);
+  EXPECT_EQ(served.kind, DestinationReport::Kind::kOutcomeQuery);
+  EXPECT_FALSE(source_vm_->Alive()) << "the source copy was quit";
+  auto state = dest_vm_->RunState();
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(*state, "running") << "exactly one copy runs: at the destination";
+}
+
+TEST_F(MigrationRecoveryTest, RecoveryFencesACommitStillBeingVerified) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=8");
+  DestinationContext ctx = DestContext();
+  SourceOptions opts;
+  opts.commit_timeout = 2s;  // the source soon gives up waiting: in doubt
+  Result<SourceOutcome> recovered = Error(Errc::kInternal, "recovery did not run");
+  DestinationReport served;
+  // The destination has verified the commit but not decided yet. Meanwhile the source gave up
+  // (in doubt) and asks for the outcome over a new session: the query decides "aborted".
+  ctx.before_decide_for_testing = [&](const MigrationId& id) {
+    std::this_thread::sleep_for(6s);  // the source's commit_timeout passes
+    DestinationContext rctx = DestContext();
+    recovered = Recover(rctx, id, &served);
+  };
+  Outcome o = Migrate(ctx, "hostb", opts);
+  EXPECT_EQ(o.source.outcome, SourceOutcome::kInDoubt) << o.source.error.ToString();
+  ASSERT_TRUE(recovered.ok()) << recovered.status().ToString();
+  EXPECT_EQ(*recovered, SourceOutcome::kAborted) << "the fence decided aborted; source resumed";
+  EXPECT_EQ(served.kind, DestinationReport::Kind::kOutcomeQuery);
+  // The held commit then finds the migration decided and does not resume.
+  EXPECT_EQ(o.dest.final_state, DestinationState::kAborted);
+  EXPECT_NE(o.dest.error.message().find("already decided aborted"), std::string::npos)
+      << o.dest.error.ToString();
+  EXPECT_EQ(b_.ledger.Lookup(o.source.id), MigrationOutcome::kAborted);
+  ExpectSourceStillRunsAndNothingAtDestination();
+}
+
+}  // namespace
+}  // namespace sod
