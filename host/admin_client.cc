@@ -87,17 +87,23 @@ Result<json> AdminClient::Call(const json& request,
                                milliseconds idle_timeout) {
   std::string text = request.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   size_t done = 0;
+  Status send_error;
   while (done < text.size()) {
     ssize_t n = ::send(fd_.get(), text.data() + done, text.size() - done, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return Error(Errc::kClosed, std::string(kSoddUnreachable) + " at " + path_ + ": send: " +
-                                      std::strerror(errno));
+      send_error = Error(Errc::kClosed, std::string(kSoddUnreachable) + " at " + path_ +
+                                            ": send: " + std::strerror(errno));
+      break;
     }
     done += static_cast<size_t>(n);
   }
   for (;;) {
-    SOD_ASSIGN_OR_RETURN(std::string line, ReadLine(idle_timeout));
+    // sodd may have answered and closed before reading the request (e.g. "busy"): that answer
+    // is still readable and says more than the failed send.
+    Result<std::string> read = ReadLine(send_error.ok() ? idle_timeout : milliseconds(1000));
+    if (!read.ok()) return send_error.ok() ? read.status() : send_error;
+    std::string line = std::move(read).value();
     json msg = json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (msg.is_discarded() || !msg.is_object()) {
       return Error(Errc::kMalformed, "sodd at " + path_ + " sent a line that is not a JSON object");

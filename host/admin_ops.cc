@@ -12,8 +12,8 @@ Status CheckRequestKeys(const json& request, std::initializer_list<std::string_v
   for (const auto& [key, value] : request.items()) {
     if (key == "op") continue;
     if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-      return Error(Errc::kInvalidArgument, "request " + request["op"].get<std::string>() +
-                                               ": unknown key \"" + key + "\"");
+      return Error(Errc::kInvalidArgument,
+                   "request " + request["op"].get<std::string>() + ": unknown key \"" + key + "\"");
     }
   }
   return Status::Ok();
@@ -22,9 +22,8 @@ Status CheckRequestKeys(const json& request, std::initializer_list<std::string_v
 Result<std::string> RequestString(const json& request, std::string_view key) {
   auto it = request.find(std::string(key));
   if (it == request.end() || !it->is_string()) {
-    return Error(Errc::kInvalidArgument, "request " + request["op"].get<std::string>() +
-                                             ": \"" + std::string(key) +
-                                             "\" must be a string");
+    return Error(Errc::kInvalidArgument, "request " + request["op"].get<std::string>() + ": \"" +
+                                             std::string(key) + "\" must be a string");
   }
   return it->get<std::string>();
 }
@@ -95,35 +94,35 @@ void RegisterVmOps(AdminServer& server, VmRegistry& registry) {
   });
 }
 
-void RegisterStatusOp(AdminServer& server, VmRegistry& registry,
-                      std::function<json()> host_info) {
-  server.Register("status", [&registry, host_info = std::move(host_info)](
-                                const json& req, AdminEvents&) -> Result<json> {
-    SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {}));
-    json out = host_info ? host_info() : json::object();
-    json vms = json::array();
-    json migrations = json::array();
-    std::map<std::string, int> phases;
-    for (const VmInfo& i : registry.List()) {
-      ++phases[std::string(VmPhaseName(i.record.phase))];
-      vms.push_back({{"name", i.spec.name},
-                     {"phase", std::string(VmPhaseName(i.record.phase))},
-                     {"pid", i.record.pid},
-                     {"host_port", i.record.host_port}});
-      const VmPhase p = i.record.phase;
-      if (i.leased || p == VmPhase::kMigratingOut || p == VmPhase::kMigratingIn ||
-          p == VmPhase::kInDoubt) {
-        migrations.push_back({{"vm", i.spec.name},
-                              {"phase", std::string(VmPhaseName(p))},
-                              {"migration_id", i.record.migration_id},
-                              {"note", i.record.note}});
-      }
-    }
-    out["vms"] = vms;
-    out["phases"] = phases;
-    out["migrations"] = migrations;
-    return out;
-  });
+void RegisterStatusOp(AdminServer& server, VmRegistry& registry, std::function<json()> host_info) {
+  server.Register(
+      "status",
+      [&registry, host_info = std::move(host_info)](const json& req, AdminEvents&) -> Result<json> {
+        SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {}));
+        json out = host_info ? host_info() : json::object();
+        json vms = json::array();
+        json migrations = json::array();
+        std::map<std::string, int> phases;
+        for (const VmInfo& i : registry.List()) {
+          ++phases[std::string(VmPhaseName(i.record.phase))];
+          vms.push_back({{"name", i.spec.name},
+                         {"phase", std::string(VmPhaseName(i.record.phase))},
+                         {"pid", i.record.pid},
+                         {"host_port", i.record.host_port}});
+          const VmPhase p = i.record.phase;
+          if (i.leased || p == VmPhase::kMigratingOut || p == VmPhase::kMigratingIn ||
+              p == VmPhase::kInDoubt) {
+            migrations.push_back({{"vm", i.spec.name},
+                                  {"phase", std::string(VmPhaseName(p))},
+                                  {"migration_id", i.record.migration_id},
+                                  {"note", i.record.note}});
+          }
+        }
+        out["vms"] = vms;
+        out["phases"] = phases;
+        out["migrations"] = migrations;
+        return out;
+      });
 }
 
 void RegisterMigrationPlaceholders(AdminServer& server) {

@@ -9,8 +9,8 @@
 //   recover   {"name"}                       -> events, then the outcome   (migration engine)
 //
 // A VM object in replies: name, phase, pid, host_port, guest_port, memory_mb, vcpus, migration_id,
-// note, updated, leased, serial_log, qemu_log, qmp_socket, memory_file, spec, and run_state (vm.show).
-// Requests are strict: unknown keys and wrong types are refused (invalid-argument).
+// note, updated, leased, serial_log, qemu_log, qmp_socket, memory_file, spec, and run_state
+// (vm.show). Requests are strict: unknown keys and wrong types are refused (invalid-argument).
 #pragma once
 
 #include <functional>
@@ -40,7 +40,8 @@ void RegisterStatusOp(AdminServer& server, VmRegistry& registry,
 void RegisterMigrationPlaceholders(AdminServer& server);
 
 // Refuses (kInvalidArgument) a request with a key outside "op" + `allowed`.
-Status CheckRequestKeys(const nlohmann::json& request, std::initializer_list<std::string_view> allowed);
+Status CheckRequestKeys(const nlohmann::json& request,
+                        std::initializer_list<std::string_view> allowed);
 // The request's string member `key` (kInvalidArgument when missing or not a string).
 Result<std::string> RequestString(const nlohmann::json& request, std::string_view key);
 

@@ -5,9 +5,9 @@
 namespace sod {
 
 nlohmann::json AdminErrorReply(const Status& status) {
-  return {{"ok", false},
-          {"error",
-           {{"code", std::string(ErrcName(status.code()))}, {"message", status.message()}}}};
+  return {
+      {"ok", false},
+      {"error", {{"code", std::string(ErrcName(status.code()))}, {"message", status.message()}}}};
 }
 
 std::optional<Errc> ErrcFromName(std::string_view name) {

@@ -204,8 +204,8 @@ void AdminServer::Serve(Connection& c) {
                                                    std::to_string(kMaxAdminLineBytes) + " bytes")));
       return;
     }
-    auto left = std::chrono::duration_cast<milliseconds>(deadline -
-                                                         std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return;
     pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
     int r = ::poll(p, 2, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
@@ -222,8 +222,8 @@ void AdminServer::Serve(Connection& c) {
 bool AdminServer::HandleLine(int fd, std::string_view line) {
   json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (req.is_discarded() || !req.is_object() || !req.contains("op") || !req["op"].is_string()) {
-    (void)SendLine(fd, AdminErrorReply(Error(
-                           Errc::kMalformed, "a request is one JSON object with a string \"op\"")));
+    (void)SendLine(fd, AdminErrorReply(Error(Errc::kMalformed,
+                                             "a request is one JSON object with a string \"op\"")));
     return false;
   }
   const std::string op = req["op"].get<std::string>();

@@ -27,8 +27,8 @@ Result<UniqueFd> LockPidFile(const std::string& path) {
     ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
     std::string other = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
     while (!other.empty() && (other.back() == '\n' || other.back() == ' ')) other.pop_back();
-    return Error(Errc::kState, "another sodd (pid " + other + ") uses this state dir (" + path +
-                                   " is locked)");
+    return Error(Errc::kState,
+                 "another sodd (pid " + other + ") uses this state dir (" + path + " is locked)");
   }
   std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd.get(), 0) != 0 ||
@@ -40,8 +40,7 @@ Result<UniqueFd> LockPidFile(const std::string& path) {
 
 }  // namespace
 
-HostDaemon::HostDaemon(HostDaemonConfig config, std::shared_ptr<spdlog::logger> log,
-                       StateDir state)
+HostDaemon::HostDaemon(HostDaemonConfig config, std::shared_ptr<spdlog::logger> log, StateDir state)
     : config_(std::move(config)), log_(std::move(log)), state_(std::move(state)) {}
 
 HostDaemon::~HostDaemon() { Shutdown(); }
@@ -65,8 +64,7 @@ Result<std::unique_ptr<HostDaemon>> HostDaemon::Create(HostDaemonConfig config,
   // Events: the configured sink (the audit log) or events.log, and always the daemon log.
   EventSink target = c.events;
   if (!target) {
-    SOD_ASSIGN_OR_RETURN(d->event_log_,
-                         JsonLinesEventLog::Open(d->state_.events_log(), c.host_id));
+    SOD_ASSIGN_OR_RETURN(d->event_log_, JsonLinesEventLog::Open(d->state_.events_log(), c.host_id));
     target = d->event_log_->Sink();
   }
   d->events_ = [log = d->log_, target](std::string_view kind, const json& data) {
@@ -82,8 +80,8 @@ Result<std::unique_ptr<HostDaemon>> HostDaemon::Create(HostDaemonConfig config,
   SOD_ASSIGN_OR_RETURN(d->client_tls_, TlsContext::Create(tls, TlsRole::kClient));
   if (d->server_tls_->host_id() != c.host_id) {
     return Error(Errc::kInvalidArgument, "certificate " + tls.cert_file + " names host \"" +
-                                             d->server_tls_->host_id() + "\", not \"" +
-                                             c.host_id + "\"");
+                                             d->server_tls_->host_id() + "\", not \"" + c.host_id +
+                                             "\"");
   }
   d->session_options_.suites = {Suite::kAes256Gcm, Suite::kHmacSha256};
   d->session_options_.data_channels = c.data_channels;
@@ -145,8 +143,8 @@ void HostDaemon::Shutdown() {
 uint16_t HostDaemon::listen_port() const { return listener_ ? listener_->port() : 0; }
 
 json HostDaemon::HostInfo() const {
-  auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
-      std::chrono::steady_clock::now() - started_at_);
+  auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() -
+                                                                 started_at_);
   json sessions = json::object();
   if (listener_) {
     sessions = {{"active", listener_->active_sessions()},

@@ -11,8 +11,10 @@
 //
 // Where the migration engine plugs in (between Create and Start):
 //   destination: d->SetSessionHandler([&](std::unique_ptr<Session> s) { ... }) — runs on its own
-//                thread per session; use d->registry().LaunchIncoming / AdoptMigratedIn /
-//                DiscardIncoming / KeepIncomingInDoubt.
+//                thread per session (at most config.max_incoming_sessions at once). With
+//                IncomingVmSlot slot(d->registry()): ctx.launch_incoming = slot.Launcher(); after
+//                ServeSession, slot.Adopt(std::move(report.vm)) when committed; otherwise the
+//                slot's destructor frees whatever was launched.
 //   source:      d->admin().Register("migrate", op) and ("recover", op) — ops run on the admin
 //                connection's thread and stream progress with AdminEvents::Emit; connect with
 //                Session::Connect(d->client_tls(), host, port, peer, d->session_options()), lease
@@ -48,19 +50,19 @@ class logger;
 namespace sod {
 
 struct HostDaemonConfig {
-  std::string host_id;                      // must match the host certificate
-  std::string state_dir = "/var/lib/sod";   // absolute
-  std::string listen_host = "127.0.0.1";    // migration listener
-  uint16_t listen_port = 7400;              // 0 picks a free port (tests)
-  std::string tls_dir;                      // ca.crt, <host_id>.crt, <host_id>.key
-  std::string admin_socket;                 // "" = <state_dir>/sodd.sock
+  std::string host_id;                     // must match the host certificate
+  std::string state_dir = "/var/lib/sod";  // absolute
+  std::string listen_host = "127.0.0.1";   // migration listener
+  uint16_t listen_port = 7400;             // 0 picks a free port (tests)
+  std::string tls_dir;                     // ca.crt, <host_id>.crt, <host_id>.key
+  std::string admin_socket;                // "" = <state_dir>/sodd.sock
   PortRange forward_ports;
   std::string qemu_binary = "qemu-system-x86_64";
-  uint16_t data_channels = 2;               // the most an incoming session is granted
+  uint16_t data_channels = 2;  // the most an incoming session is granted
   IoBackend io = IoBackend::kAuto;
   size_t max_incoming_sessions = 2;
   std::chrono::milliseconds quit_grace{10000};
-  EventSink events;                         // empty: JSON lines in <state_dir>/events.log
+  EventSink events;  // empty: JSON lines in <state_dir>/events.log
 };
 
 class HostDaemon {

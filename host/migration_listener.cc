@@ -26,8 +26,7 @@ MigrationListener::MigrationListener(Options options, SessionHandler handler,
       port_(listener_->port()) {}
 
 Result<std::unique_ptr<MigrationListener>> MigrationListener::Start(
-    TlsContext& tls, Options options, SessionHandler handler,
-    std::shared_ptr<spdlog::logger> log) {
+    TlsContext& tls, Options options, SessionHandler handler, std::shared_ptr<spdlog::logger> log) {
   if (!handler) return Error(Errc::kInvalidArgument, "migration listener: no session handler");
   if (options.max_sessions == 0) {
     return Error(Errc::kInvalidArgument, "migration listener: max_sessions must be at least 1");
@@ -38,8 +37,8 @@ Result<std::unique_ptr<MigrationListener>> MigrationListener::Start(
     return l.status().WithContext("migration listener on " + options.host + ":" +
                                   std::to_string(options.port));
   }
-  std::unique_ptr<MigrationListener> m(new MigrationListener(
-      std::move(options), std::move(handler), std::move(log), std::move(l).value()));
+  std::unique_ptr<MigrationListener> m(new MigrationListener(std::move(options), std::move(handler),
+                                                             std::move(log), std::move(l).value()));
   m->accept_thread_ = std::thread([p = m.get()] { p->AcceptLoop(); });
   return m;
 }

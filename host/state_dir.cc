@@ -26,6 +26,13 @@ constexpr size_t kMaxStateFileBytes = 64 * 1024;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
+// A non-negative integer up to `max` (signed or unsigned in nlohmann's terms).
+bool IsCount(const json& v, uint64_t max) {
+  if (!v.is_number_integer()) return false;
+  if (!v.is_number_unsigned() && v.get<int64_t>() < 0) return false;
+  return v.get<uint64_t>() <= max;
+}
+
 Status BadRecord(std::string_view key, const std::string& why) {
   return Error(Errc::kInvalidArgument, "vm state: \"" + std::string(key) + "\" " + why);
 }
@@ -82,17 +89,16 @@ Result<VmRecord> VmRecordFromJson(const json& j) {
       r.phase = *p;
       have_phase = true;
     } else if (key == "pid") {
-      if (!v.is_number_unsigned() || v.get<uint64_t>() > INT32_MAX) {
+      if (!IsCount(v, INT32_MAX)) {
         return BadRecord(key, "must be a pid");
       }
       r.pid = static_cast<pid_t>(v.get<uint64_t>());
     } else if (key == "host_port") {
-      if (!v.is_number_unsigned() || v.get<uint64_t>() > UINT16_MAX) {
+      if (!IsCount(v, UINT16_MAX)) {
         return BadRecord(key, "must be a port number");
       }
       r.host_port = static_cast<uint16_t>(v.get<uint64_t>());
-    } else if (key == "memory_file" || key == "migration_id" || key == "note" ||
-               key == "updated") {
+    } else if (key == "memory_file" || key == "migration_id" || key == "note" || key == "updated") {
       if (!v.is_string()) return BadRecord(key, "must be a string");
       std::string& dst = key == "memory_file"    ? r.memory_file
                          : key == "migration_id" ? r.migration_id
@@ -176,8 +182,7 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
     text.append(buf, static_cast<size_t>(n));
     if (text.size() > max_bytes) {
       ::close(fd);
-      return Error(Errc::kTooLarge,
-                   path + ": larger than " + std::to_string(max_bytes) + " bytes");
+      return Error(Errc::kTooLarge, path + ": larger than " + std::to_string(max_bytes) + " bytes");
     }
   }
   ::close(fd);
@@ -186,7 +191,8 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
 
 Result<StateDir> StateDir::Open(const std::string& root) {
   if (root.empty() || root.front() != '/') {
-    return Error(Errc::kInvalidArgument, "state dir must be an absolute path, got \"" + root + "\"");
+    return Error(Errc::kInvalidArgument,
+                 "state dir must be an absolute path, got \"" + root + "\"");
   }
   StateDir d(root);
   SOD_RETURN_IF_ERROR(MakePrivateDir(root));

@@ -49,12 +49,12 @@ bool PhaseHasQemu(VmPhase phase);
 // state.json.
 struct VmRecord {
   VmPhase phase = VmPhase::kStarting;
-  pid_t pid = 0;              // QEMU pid, 0 when there is none
-  uint16_t host_port = 0;     // forwarded host port, 0 for none
-  std::string memory_file;    // VmPaths::memory_file of the current QEMU
-  std::string migration_id;   // the migration that leased the VM, if any
-  std::string note;           // why the phase is what it is (lost / in-doubt reasons)
-  std::string updated;        // RFC 3339 UTC of the last change
+  pid_t pid = 0;             // QEMU pid, 0 when there is none
+  uint16_t host_port = 0;    // forwarded host port, 0 for none
+  std::string memory_file;   // VmPaths::memory_file of the current QEMU
+  std::string migration_id;  // the migration that leased the VM, if any
+  std::string note;          // why the phase is what it is (lost / in-doubt reasons)
+  std::string updated;       // RFC 3339 UTC of the last change
   bool operator==(const VmRecord&) const = default;
 };
 nlohmann::json VmRecordToJson(const VmRecord& r);

@@ -1,5 +1,8 @@
 #include "host/vm_registry.h"
 
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <utility>
@@ -128,7 +131,7 @@ void VmRegistry::RecoverOne(const std::string& name) {
 }
 
 Result<VmRegistry::Entry*> VmRegistry::Reserve(const VmSpec& spec, VmPhase phase, Use use,
-                                                std::string migration_id, Lock& lock) {
+                                               std::string migration_id, Lock& lock) {
   (void)lock;
   auto it = vms_.find(spec.name);
   if (it != vms_.end()) {
@@ -167,7 +170,7 @@ void VmRegistry::Unreserve(const std::string& name, Lock& lock) {
 }
 
 Result<std::unique_ptr<Vm>> VmRegistry::LaunchWithPortRetry(const std::string& name,
-                                                             VmLaunchMode mode) {
+                                                            VmLaunchMode mode) {
   Status last;
   for (int attempt = 1; attempt <= kLaunchAttempts; ++attempt) {
     VmSpec spec;
@@ -186,8 +189,8 @@ Result<std::unique_ptr<Vm>> VmRegistry::LaunchWithPortRetry(const std::string& n
     Result<std::unique_ptr<Vm>> vm = Vm::Launch(spec, paths, mode, options_.qemu_binary);
     if (vm.ok()) return vm;
     last = vm.status();
-    const bool port_taken = spec.guest_port != 0 &&
-                            last.message().find("host forwarding") != std::string::npos;
+    const bool port_taken =
+        spec.guest_port != 0 && last.message().find("host forwarding") != std::string::npos;
     if (!port_taken || attempt == kLaunchAttempts) break;
     Lock lock(mu_);
     Entry& e = vms_.at(name);
@@ -235,7 +238,7 @@ std::vector<VmInfo> VmRegistry::List() const {
 }
 
 Result<VmRegistry::Entry*> VmRegistry::WaitForFree(std::string_view name, milliseconds timeout,
-                                                    Lock& lock) {
+                                                   Lock& lock) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     auto it = vms_.find(name);
@@ -288,11 +291,10 @@ Result<VmInfo> VmRegistry::Show(std::string_view name) {
 
 Status VmRegistry::Stop(std::string_view name, bool force) {
   Lock lock(mu_);
-  SOD_ASSIGN_OR_RETURN(Entry * e, WaitForFree(name, options_.quit_grace + milliseconds(30000),
-                                              lock));
+  SOD_ASSIGN_OR_RETURN(Entry * e,
+                       WaitForFree(name, options_.quit_grace + milliseconds(30000), lock));
   if (e->record.phase == VmPhase::kInDoubt && !force) {
-    return Error(Errc::kState, "VM " + std::string(name) +
-                                   " is in doubt (" + e->record.note +
+    return Error(Errc::kState, "VM " + std::string(name) + " is in doubt (" + e->record.note +
                                    "): it may be the only copy; resolve it with recover, or "
                                    "stop it with force");
   }
@@ -405,8 +407,8 @@ Result<std::unique_ptr<Vm>> VmRegistry::LaunchIncoming(const VmSpec& spec,
   const std::string id = migration_id;
   {
     Lock lock(mu_);
-    Result<Entry*> e = Reserve(spec, VmPhase::kMigratingIn, Use::kIncoming,
-                               std::move(migration_id), lock);
+    Result<Entry*> e =
+        Reserve(spec, VmPhase::kMigratingIn, Use::kIncoming, std::move(migration_id), lock);
     if (!e.ok()) return e.status();
   }
   Result<std::unique_ptr<Vm>> vm = LaunchWithPortRetry(spec.name, VmLaunchMode::kIncoming);
@@ -477,6 +479,77 @@ Status VmRegistry::KeepIncomingInDoubt(std::unique_ptr<Vm> vm, std::string note)
   cv_.notify_all();
   Emit("vm.in-doubt", {{"vm", name}, {"migration_id", e.record.migration_id}, {"reason", note}});
   return Status::Ok();
+}
+
+void VmRegistry::AbandonIncoming(std::string_view name, pid_t pid, std::string_view why) {
+  Lock lock(mu_);
+  auto it = vms_.find(name);
+  if (it == vms_.end() || it->second.use != Use::kIncoming || it->second.record.pid != pid ||
+      pid <= 0) {
+    return;
+  }
+  // Incoming QEMUs are children of this process. 0: still running; pid: ended, reaped now;
+  // -1 (ECHILD): already reaped (the engine's Vm::Kill) — its pid may be reused, never signal it.
+  int st = 0;
+  if (::waitpid(pid, &st, WNOHANG) == 0) {
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+  Entry& e = it->second;
+  if (!e.paths.memory_file.empty()) ::unlink(e.paths.memory_file.c_str());
+  ::unlink(e.paths.qmp_socket.c_str());
+  const std::string id = e.record.migration_id;
+  const std::string key(name);
+  Unreserve(key, lock);
+  Emit("vm.incoming-discarded", {{"vm", key}, {"migration_id", id}, {"reason", why}});
+}
+
+IncomingVmSlot::~IncomingVmSlot() { Abandon("incoming migration ended without a commit"); }
+
+std::function<Result<std::unique_ptr<Vm>>(const VmSpec&)> IncomingVmSlot::Launcher() {
+  return [this](const VmSpec& spec) -> Result<std::unique_ptr<Vm>> {
+    if (pid_ != 0 || done_) {
+      return Error(Errc::kState, "incoming slot: a VM was launched already");
+    }
+    Result<std::unique_ptr<Vm>> vm = registry_.LaunchIncoming(spec, migration_id_);
+    if (vm.ok()) {
+      name_ = spec.name;
+      pid_ = (*vm)->pid();
+    }
+    return vm;
+  };
+}
+
+Status IncomingVmSlot::CheckOurs(const std::unique_ptr<Vm>& vm) const {
+  if (!vm || done_ || pid_ == 0 || vm->pid() != pid_ || vm->spec().name != name_) {
+    return Error(Errc::kState, "incoming slot: not the VM this slot launched");
+  }
+  return Status::Ok();
+}
+
+Status IncomingVmSlot::Adopt(std::unique_ptr<Vm> vm) {
+  if (Status s = CheckOurs(vm); !s.ok()) {
+    if (vm) vm->Kill();  // never leave a QEMU nobody owns
+    return s;
+  }
+  done_ = true;
+  return registry_.AdoptMigratedIn(std::move(vm));
+}
+
+Status IncomingVmSlot::KeepInDoubt(std::unique_ptr<Vm> vm, std::string note) {
+  if (Status s = CheckOurs(vm); !s.ok()) {
+    if (vm) vm->Kill();
+    return s;
+  }
+  done_ = true;
+  return registry_.KeepIncomingInDoubt(std::move(vm), std::move(note));
+}
+
+void IncomingVmSlot::Abandon(std::string_view why) {
+  if (done_) return;
+  done_ = true;
+  if (pid_ != 0) registry_.AbandonIncoming(name_, pid_, why);
 }
 
 void VmRegistry::CheckLiveness() {

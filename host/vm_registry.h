@@ -19,6 +19,8 @@
 //   registry.AdoptMigratedIn(std::move(vm))          // committed: a VM of this host now
 //   registry.DiscardIncoming(std::move(vm), why)     // aborted: QEMU killed, name freed
 //   registry.KeepIncomingInDoubt(std::move(vm), why) // outcome unknown: kept, phase in-doubt
+//   registry.AbandonIncoming(name, pid, why)         // aborted, and the engine dropped the Vm
+// IncomingVmSlot (below) wraps this for an engine that takes a launch callback.
 //
 // Every change is written to state.json before the call returns and reported to the EventSink.
 // Thread-safety: all methods are thread-safe. Lifetime: the StateDir passed to Open and the
@@ -28,6 +30,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -80,13 +83,50 @@ class VmLease {
  private:
   friend class VmRegistry;
   VmLease(VmRegistry* registry, std::string name, std::string migration_id, Vm* vm)
-      : registry_(registry), name_(std::move(name)), migration_id_(std::move(migration_id)),
+      : registry_(registry),
+        name_(std::move(name)),
+        migration_id_(std::move(migration_id)),
         vm_(vm) {}
   VmRegistry* registry_;
   std::string name_;
   std::string migration_id_;
   Vm* vm_;
   bool finished_ = false;
+};
+
+// One incoming migration's use of the registry, for the destination engine: Launcher() is the
+// `launch_incoming` callback (one launch at most); Adopt hands the committed Vm over; destroying
+// the slot without Adopt / KeepInDoubt cleans up whatever was launched (AbandonIncoming), also
+// when the engine already killed and dropped the Vm. Not thread-safe; the registry must outlive
+// the slot.
+class IncomingVmSlot {
+ public:
+  explicit IncomingVmSlot(VmRegistry& registry, std::string migration_id = {})
+      : registry_(registry), migration_id_(std::move(migration_id)) {}
+  ~IncomingVmSlot();
+  IncomingVmSlot(const IncomingVmSlot&) = delete;
+  IncomingVmSlot& operator=(const IncomingVmSlot&) = delete;
+
+  // Calls VmRegistry::LaunchIncoming and remembers what it launched. The slot must outlive the
+  // returned function. A second launch is refused (kState).
+  std::function<Result<std::unique_ptr<Vm>>(const VmSpec&)> Launcher();
+  // VmRegistry::AdoptMigratedIn. kState when `vm` is not the one this slot launched (that QEMU
+  // is then killed, as AdoptMigratedIn does: nobody would own it).
+  Status Adopt(std::unique_ptr<Vm> vm);
+  // VmRegistry::KeepIncomingInDoubt (same refusal as Adopt).
+  Status KeepInDoubt(std::unique_ptr<Vm> vm, std::string note);
+  // Gives up now (what the destructor does): `why` goes to the event log.
+  void Abandon(std::string_view why);
+
+  bool launched() const { return pid_ != 0; }
+
+ private:
+  Status CheckOurs(const std::unique_ptr<Vm>& vm) const;
+  VmRegistry& registry_;
+  std::string migration_id_;
+  std::string name_;
+  pid_t pid_ = 0;
+  bool done_ = false;
 };
 
 class VmRegistry {
@@ -141,6 +181,11 @@ class VmRegistry {
   void DiscardIncoming(std::unique_ptr<Vm> vm, std::string_view why);
   // The outcome is unknown: keeps the QEMU (paused), phase in-doubt.
   Status KeepIncomingInDoubt(std::unique_ptr<Vm> vm, std::string note);
+  // For an engine that dropped the Vm itself after a failed migration: if `name` is reserved by
+  // LaunchIncoming for QEMU `pid`, ends that QEMU if it still runs (it is a child of this process,
+  // so a pid already reaped is never signalled), removes its memory file and frees the name and
+  // port. Anything else is left alone.
+  void AbandonIncoming(std::string_view name, pid_t pid, std::string_view why);
 
   // Finds VMs whose QEMU ended on its own (guest shutdown, crash, killed) and marks them lost
   // (reaping the process, removing its memory file). Call periodically.
@@ -184,9 +229,9 @@ class VmRegistry {
   const StateDir& state_;
   const Options options_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;                   // an entry became free
+  std::condition_variable cv_;                     // an entry became free
   std::map<std::string, Entry, std::less<>> vms_;  // guarded by mu_
-  ForwardPorts ports_;                           // guarded by mu_
+  ForwardPorts ports_;                             // guarded by mu_
 };
 
 }  // namespace sod

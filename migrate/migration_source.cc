@@ -105,7 +105,11 @@ void SourceMigration::Report(const std::string& phase) {
 }
 
 Status SourceMigration::Offer() {
-  SOD_ASSIGN_OR_RETURN(report_.id, NewMigrationId());
+  if (opts_.migration_id) {
+    report_.id = *opts_.migration_id;
+  } else {
+    SOD_ASSIGN_OR_RETURN(report_.id, NewMigrationId());
+  }
   SOD_ASSIGN_OR_RETURN(std::string state, vm_.RunState());
   if (state != "running" && state != "paused")
     return Error(Errc::kState, "vm " + vm_.spec().name + " is " + state + ", not running or paused");

@@ -25,6 +25,7 @@ class HostSigner;
 
 struct SourceOptions {
   std::string host_id;      // ours, as our certificate names it (goes into the receipt)
+  std::optional<MigrationId> migration_id;  // preset id (e.g. to lease the VM under it); else random
   bool verify_ram = true;   // the commit carries an XXH3-128 digest of the final guest RAM
   uint64_t downtime_limit_ms = 300;       // QEMU's downtime-limit for switching over
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)

@@ -11,7 +11,7 @@
 #   --workloads LIST     default idle,moderate,heavy,max:
 #                          idle      no dirtier (sod.dirty_mb=0)
 #                          moderate  128 MiB working set dirtied at 32 MiB/s
-#                          heavy     256 MiB at 96 MiB/s (calibrated: plain QEMU still converges)
+#                          heavy     256 MiB at 128 MiB/s (calibrated: plain and TLS converge)
 #                          max       256 MiB as fast as the vCPU can, limit 60 s (--quick: 20 s)
 #   --workload NAME=MB/RATE[/LIMIT_S]   define or override a workload, e.g. heavy=256/64,
 #                        max=256/max/90, hot=512/128 (RATE in MiB/s or max); repeatable

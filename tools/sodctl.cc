@@ -29,6 +29,7 @@ int Run(int argc, char** argv) {
   auto sodd = sod::sodctl::AddSoddTargetOptions(app);
   sod::sodctl::AddVmCommands(app, sodd, action);
   sod::sodctl::AddStatusCommand(app, sodd, action);
+  sod::sodctl::AddMigrateCommands(app, sodd, action);
 
   try {
     app.parse(argc, argv);

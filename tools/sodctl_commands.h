@@ -33,6 +33,9 @@ void AddVmCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd, Comman
 // sodctl status
 void AddStatusCommand(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
                       CommandAction& action);
+// sodctl migrate | recover
+void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
+                        CommandAction& action);
 // Exit status 3: the command could not reach sodd (no socket, nobody listening).
 inline constexpr int kExitUnreachable = 3;
 bool IsSoddUnreachable(const Status& status);

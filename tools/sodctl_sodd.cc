@@ -23,11 +23,10 @@ constexpr milliseconds kReplyTimeout{240000};
 std::shared_ptr<SoddTarget> AddSoddTargetOptions(CLI::App& app) {
   auto target = std::make_shared<SoddTarget>();
   target->state_dir = "/var/lib/sod";
-  CLI::Option* socket =
-      app.add_option("--socket", target->socket,
-                     "sodd's admin socket [default: STATE-DIR/sodd.sock]")
-          ->envname("SOD_SOCKET")
-          ->type_name("PATH");
+  CLI::Option* socket = app.add_option("--socket", target->socket,
+                                       "sodd's admin socket [default: STATE-DIR/sodd.sock]")
+                            ->envname("SOD_SOCKET")
+                            ->type_name("PATH");
   app.add_option("--state-dir", target->state_dir, "sodd's state directory")
       ->envname("SOD_STATE_DIR")
       ->capture_default_str()

@@ -34,8 +34,8 @@ Status RunStatus(const SoddTarget& sodd, bool as_json) {
       {"admin socket", Text(reply["admin_socket"])},
       {"state dir", Text(reply["state_dir"])},
       {"VMs", std::to_string(vms.size()) + (phases.empty() ? "" : " (" + phases + ")")},
-      {"migrations", migrations.empty() ? "none in progress"
-                                        : std::to_string(migrations.size()) + " (below)"}};
+      {"migrations",
+       migrations.empty() ? "none in progress" : std::to_string(migrations.size()) + " (below)"}};
   PrintTable(head);
   if (!vms.empty()) {
     std::cout << "\n";
@@ -68,8 +68,11 @@ void AddStatusCommand(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
       "Show what this host's sodd is doing: host id, migration listen address and incoming "
       "sessions, admin socket, state dir, VMs by phase, migrations in progress or in doubt");
   cmd->fallthrough();
-  cmd->footer("Exit status: 0 on success, 1 on error, 2 on a usage error, 3 when sodd cannot be "
-              "reached.");
+  cmd->footer(
+      "sodd is found by --socket PATH or --state-dir DIR (default /var/lib/sod; env SOD_SOCKET, "
+      "SOD_STATE_DIR), given before or after the command.\n"
+      "Exit status: 0 on success, 1 on error, 2 on a usage error, 3 when sodd cannot be "
+      "reached.");
   auto as_json = std::make_shared<bool>(false);
   cmd->add_flag("--json", *as_json, "Print sodd's reply as JSON (for scripts)");
   cmd->callback([sodd, as_json, &action] {

@@ -42,8 +42,8 @@ Status RunStart(const SoddTarget& sodd, const VmArgs& args) {
     return Status::Ok();
   }
   const json& vm = reply["vm"];
-  std::cout << "started VM " << Text(vm["name"]) << " (pid " << Pid(vm) << ", "
-            << Text(vm["phase"]) << ")\n"
+  std::cout << "started VM " << Text(vm["name"]) << " (pid " << Pid(vm) << ", " << Text(vm["phase"])
+            << ")\n"
             << "  forward     " << Forward(vm) << "\n"
             << "  serial log  " << Text(vm["serial_log"]) << "\n";
   return Status::Ok();
@@ -63,9 +63,8 @@ Status RunList(const SoddTarget& sodd, const VmArgs& args) {
   std::vector<std::vector<std::string>> rows = {
       {"NAME", "PHASE", "PID", "MEMORY", "VCPUS", "FORWARD", "NOTE"}};
   for (const json& vm : vms) {
-    rows.push_back({Text(vm["name"]), Text(vm["phase"]), Pid(vm),
-                    Text(vm["memory_mb"]) + "M", Text(vm["vcpus"]), Forward(vm),
-                    Text(vm["note"])});
+    rows.push_back({Text(vm["name"]), Text(vm["phase"]), Pid(vm), Text(vm["memory_mb"]) + "M",
+                    Text(vm["vcpus"]), Forward(vm), Text(vm["note"])});
   }
   PrintTable(rows);
   return Status::Ok();
@@ -89,8 +88,8 @@ Status RunShow(const SoddTarget& sodd, const VmArgs& args) {
       {"run state", vm.contains("run_state") ? Text(vm["run_state"]) : "(not asked)"},
       {"pid", Pid(vm)},
       {"memory", Text(spec["memory_mb"]) + " MiB, " + Text(spec["vcpus"]) + " vCPU"},
-      {"machine", Text(spec["machine"]) + ", accel " + Text(spec["accel"]) + ", cpu " +
-                      Text(spec["cpu"])},
+      {"machine",
+       Text(spec["machine"]) + ", accel " + Text(spec["accel"]) + ", cpu " + Text(spec["cpu"])},
       {"kernel", or_none(spec["kernel"])},
       {"initrd", or_none(spec["initrd"])},
       {"append", or_none(spec["append"])},
@@ -135,9 +134,8 @@ CLI::App* AddVmSubcommand(CLI::App* vm, const std::string& name, const std::stri
   CLI::App* cmd = vm->add_subcommand(name, help);
   cmd->fallthrough();
   cmd->add_flag("--json", args->json, "Print sodd's reply as JSON (for scripts)");
-  cmd->callback([sodd, args, run, &action] {
-    action = [sodd, args, run] { return run(*sodd, *args); };
-  });
+  cmd->callback(
+      [sodd, args, run, &action] { action = [sodd, args, run] { return run(*sodd, *args); }; });
   return cmd;
 }
 
@@ -147,8 +145,11 @@ void AddVmCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd, Comman
   CLI::App* vm = app.add_subcommand("vm", "Start, list, show and stop the VMs of a host's sodd");
   vm->require_subcommand(1);
   vm->fallthrough();
-  vm->footer("Exit status: 0 on success, 1 when sodd refused or the operation failed, 2 on a "
-             "usage error, 3 when sodd cannot be reached.");
+  vm->footer(
+      "sodd is found by --socket PATH or --state-dir DIR (default /var/lib/sod; env SOD_SOCKET, "
+      "SOD_STATE_DIR), given before or after the command.\n"
+      "Exit status: 0 on success, 1 when sodd refused or the operation failed, 2 on a usage "
+      "error, 3 when sodd cannot be reached.");
 
   auto start = std::make_shared<VmArgs>();
   CLI::App* start_cmd = AddVmSubcommand(

@@ -17,6 +17,8 @@
 
 #include "host/forward_ports.h"
 #include "host/host_daemon.h"
+#include "host/migration_service.h"
+#include "migrate/audit_log.h"
 #include "host/state_dir.h"
 #include "spdlog/sinks/basic_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -64,9 +66,10 @@ std::shared_ptr<spdlog::logger> MakeLogger(const std::string& file, bool verbose
 }
 
 int Run(int argc, char** argv) {
-  CLI::App app{"sodd - the sod (Security on Demand) host daemon: runs this host's VMs, accepts "
-               "secure migrations, and serves the admin socket that sodctl talks to",
-               "sodd"};
+  CLI::App app{
+      "sodd - the sod (Security on Demand) host daemon: runs this host's VMs, accepts "
+      "secure migrations, and serves the admin socket that sodctl talks to",
+      "sodd"};
   app.set_version_flag("--version", "sodd " SOD_VERSION);
   sod::HostDaemonConfig config;
   std::string listen = "127.0.0.1:7400";
@@ -135,7 +138,7 @@ int Run(int argc, char** argv) {
     return kExitUsage;
   }
   config.forward_ports = *range;
-  config.io = io == "uring" ? sod::IoBackend::kUring
+  config.io = io == "uring"   ? sod::IoBackend::kUring
               : io == "posix" ? sod::IoBackend::kPosix
                               : sod::IoBackend::kAuto;
 
@@ -158,15 +161,30 @@ int Run(int argc, char** argv) {
   std::shared_ptr<spdlog::logger> log = MakeLogger(config.state_dir + "/sodd.log", verbose);
   log->info("sodd " SOD_VERSION " starting as {} (pid {})", config.host_id, ::getpid());
 
+  // Every event (VM life cycle, migrations and their reasons, receipts) goes to the append-only,
+  // hash-chained audit log; a log that fails verification stops sodd.
+  auto audit = sod::AuditLog::Open(config.state_dir + "/audit.log", config.host_id);
+  if (!audit.ok()) {
+    log->error("cannot open the audit log: {}", audit.status().ToString());
+    return kExitError;
+  }
+  config.events = [audit = std::shared_ptr<sod::AuditLog>(std::move(*audit)), log](
+                      std::string_view kind, const nlohmann::json& data) {
+    sod::Status s = audit->Append(kind, data);
+    if (!s.ok()) log->error("audit log: {}", s.ToString());
+  };
   sod::Result<std::unique_ptr<sod::HostDaemon>> daemon = sod::HostDaemon::Create(config, log);
   if (!daemon.ok()) {
     log->error("cannot start: {}", daemon.status().ToString());
     return kExitError;
   }
   sod::HostDaemon& d = **daemon;
-  // The migration engine plugs in here, before Start (see host/host_daemon.h):
-  //   d.SetSessionHandler(...);                   destination side
-  //   d.admin().Register("migrate", ...);         source side, and "recover"
+  auto migrations = sod::MigrationService::Create(d);
+  if (!migrations.ok()) {
+    log->error("cannot start the migration engine: {}", migrations.status().ToString());
+    return kExitError;
+  }
+  (*migrations)->Install();
   if (sod::Status s = d.Start(); !s.ok()) {
     log->error("cannot start: {}", s.ToString());
     return kExitError;

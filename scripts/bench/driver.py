@@ -42,11 +42,11 @@ TLS_HOSTNAME = "sod-bench-dst"
 
 # ---- workloads -----------------------------------------------------------------------------------
 # name -> (dirty_mb, dirty_rate, limit_s or None for --limit). Calibration (TCG, QEMU 7.2, loopback,
-# unlimited max-bandwidth, default 300 ms downtime-limit): see the notes in stats.py / table.md.
+# unlimited max-bandwidth, default 300 ms downtime-limit): see CALIBRATION_NOTE in stats.py.
 DEFAULT_WORKLOADS = {
     "idle": (0, "0", None),
     "moderate": (128, "32", None),
-    "heavy": (256, "96", None),
+    "heavy": (256, "128", None),
     "max": (256, "max", 60),
 }
 DEFAULT_ORDER = ["idle", "moderate", "heavy", "max"]
@@ -224,6 +224,19 @@ def serial_hb(path, which):
         return None
 
 
+GUEST_FAULT = re.compile(rb"^.*(?:BUG: |Oops|Kernel panic|general protection fault|kernel stack is corrupted|"
+                         rb"SOD-DIRTY verify BAD|SOD-PATTERN BAD|segfault at|invalid opcode).*$", re.M | re.I)
+
+
+def guest_faults(path):
+    """Lines of a console that show the guest broke (kernel oops/panic, checker failures)."""
+    try:
+        with open(path, "rb") as f:
+            return [m.group(0).decode(errors="replace").strip() for m in GUEST_FAULT.finditer(f.read())][:5]
+    except OSError:
+        return []
+
+
 def serial_dirty_rate(path):
     """Median of the guest dirtier's self-reported rate (SOD-DIRTY stats ... rate=XMiB/s)."""
     try:
@@ -277,8 +290,11 @@ def make_tls(out_dir):
 #
 # Contract of a mode's run function, run_<mode>(ctx) -> dict:
 #   Input, ctx (RunContext):
-#     ctx.src, ctx.dst   VM objects, both already started by the harness (unless boots_own=True, then
-#                        both are None and the mode boots its own with ctx.boot(...) and sets them):
+#     ctx.src, ctx.dst   VM objects, both already started by the harness (unless boots_own=True: then
+#                        both are None and the mode calls ctx.boot(src_args=[...], dst_args=[...]) to
+#                        get them with other QEMU arguments, or starts its own QEMUs (e.g. through
+#                        sodd), sets ctx.src/ctx.dst to objects with the attributes below and calls
+#                        ctx.start_poller(src_hostfwd_port, dst_hostfwd_port) before mark_start()):
 #                          .qmp           the harness's QMP connection (qmp.QMP: .cmd(), .wait_event())
 #                          .qmp_path      that monitor's unix socket (in use by the harness)
 #                          .qmp_ext_path  a second QMP monitor, unused: for external tools (sodd)
@@ -319,14 +335,33 @@ class Mode:
 
 
 class RunContext:
-    def __init__(self, cfg, run_dir, limit_s):
+    def __init__(self, cfg, run_dir, limit_s, mode=None, workload=None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.limit_s = limit_s
+        self.mode = mode
+        self.workload = workload
         self.src = None
         self.dst = None
         self.mig_port = free_port()
         self.t0 = None
+        self.poller = None
+        self.info = {}  # merged into the run's record
+
+    def boot(self, src_args=None, dst_args=None):
+        """Boot source (wait for SOD-READY, warm up) and destination (-incoming defer), then start
+        the client poller. The harness calls this unless the mode has boots_own=True."""
+        cmdline, boot_s, ready = boot_pair(self.cfg, self, self.mode, self.workload, src_args, dst_args)
+        self.info.update(guest_cmdline=cmdline, boot_s=boot_s, ready_line=ready)
+        time.sleep(self.cfg.warmup)
+        self.info["guest_dirty_rate_mib_s"] = serial_dirty_rate(self.src.serial_path)
+        self.start_poller(self.src.hostfwd_port, self.dst.hostfwd_port)
+
+    def start_poller(self, src_port, dst_port):
+        """Start the client-visible downtime probe on these 127.0.0.1 ports (for boots_own modes)."""
+        self.poller = Poller({"src": src_port, "dst": dst_port}, interval_s=self.cfg.poll_ms / 1000.0)
+        self.poller.start()
+        time.sleep(0.3)  # a few answers before t0 anchor the gap measurement
 
     def mark_start(self):
         self.t0 = time.monotonic()
@@ -404,7 +439,15 @@ def qemu_native_migrate(ctx, tls):
            "progress": progress, "migrate_parameters": used_params,
            "notes": "bytes = ram.transferred (guest RAM stream incl. headers) from source query-migrate"}
     if status == "completed":
-        res.update(_migration_stats(src.cmd("query-migrate")))
+        # QEMU 7.2 emits "completed" before it computes total-time/downtime (migration_thread ->
+        # migration_iteration_finish -> migration_calculate_complete): wait for them to appear.
+        deadline = time.monotonic() + 5
+        while True:
+            st = _migration_stats(src.cmd("query-migrate"))
+            if st["total_time_ms"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        res.update(st)
     else:
         # cancelled/failed: query-migrate no longer carries RAM stats; keep the last sample
         res.update({k: last.get(k) for k in ("bytes", "ram_total", "rounds", "mbps", "total_time_ms")})
@@ -561,14 +604,20 @@ def analyse_poll(poller, t0, t_end, converged):
     return out, last_src, first_dst
 
 
-def boot_pair(cfg, ctx, mode, workload):
+def guest_cmdline(cfg, workload):
     mb, rate, _ = workload
-    cmdline = (f"{cfg.base_cmdline} sod.hb=1 sod.net=1 sod.dirty_mb={mb} sod.dirty_rate={rate} "
-               f"sod.dirty_stats=1 sod.pattern_mb={cfg.pattern_mb}")
-    ctx.src = VM(cfg, "src", ctx.run_dir, cmdline, extra_args=mode.src_args(cfg))
+    return (f"{cfg.base_cmdline} sod.hb=1 sod.net=1 sod.dirty_mb={mb} sod.dirty_rate={rate} "
+            f"sod.dirty_stats=1 sod.pattern_mb={cfg.pattern_mb}")
+
+
+def boot_pair(cfg, ctx, mode, workload, src_args=None, dst_args=None):
+    cmdline = guest_cmdline(cfg, workload)
+    src_args = mode.src_args(cfg) if src_args is None else src_args
+    dst_args = mode.dst_args(cfg) if dst_args is None else dst_args
+    ctx.src = VM(cfg, "src", ctx.run_dir, cmdline, extra_args=src_args)
     ctx.src.start()
     boot_s, ready = ctx.src.wait_ready(cfg.boot_timeout)
-    ctx.dst = VM(cfg, "dst", ctx.run_dir, cmdline, incoming=True, extra_args=mode.dst_args(cfg))
+    ctx.dst = VM(cfg, "dst", ctx.run_dir, cmdline, incoming=True, extra_args=dst_args)
     ctx.dst.start()
     st = ctx.dst.qmp.cmd("query-status")
     if st.get("status") != "inmigrate":
@@ -582,7 +631,7 @@ def one_run(cfg, rep, wname, mname, run_index):
     limit = workload[2] or cfg.limit
     run_dir = os.path.join(cfg.out_dir, "runs", f"{run_index:03d}-r{rep}-{wname}-{mname}")
     os.makedirs(run_dir, exist_ok=True)
-    ctx = RunContext(cfg, run_dir, limit)
+    ctx = RunContext(cfg, run_dir, limit, mode, workload)
     rec = {"index": run_index, "rep": rep, "workload": wname, "mode": mname,
            "dirty_mb": workload[0], "dirty_rate": workload[1], "limit_s": limit,
            "mem_mb": cfg.mem, "run_dir": os.path.relpath(run_dir, cfg.out_dir),
@@ -592,19 +641,17 @@ def one_run(cfg, rep, wname, mname, run_index):
     poller = None
     try:
         if not mode.boots_own:
-            rec["guest_cmdline"], rec["boot_s"], rec["ready_line"] = boot_pair(cfg, ctx, mode, workload)
-            time.sleep(cfg.warmup)
-            rec["guest_dirty_rate_mib_s"] = serial_dirty_rate(ctx.src.serial_path)
-            poller = Poller({"src": ctx.src.hostfwd_port, "dst": ctx.dst.hostfwd_port},
-                            interval_s=cfg.poll_ms / 1000.0)
-        else:  # the mode boots its own VMs; the poller starts once it knows the ports
-            poller = None
-        if poller:
-            poller.start()
-            time.sleep(0.3)  # a few answers before t0 anchor the gap measurement
-        res = mode.run(ctx)
+            ctx.boot()
+        try:
+            res = mode.run(ctx)
+        finally:
+            rec.update(ctx.info)
+            poller = ctx.poller
         t0, t_end = ctx.t0, res.get("t_end") or time.monotonic()
         rec.update({k: v for k, v in res.items() if k != "t_end"})
+        rates = [p.get("dirty_pages_rate") for p in res.get("progress") or [] if p.get("dirty_pages_rate")]
+        # QEMU's own view of the guest's dirty rate during the migration (pages/s -> MiB/s)
+        rec["qemu_dirty_rate_mib_s"] = round(max(rates) * 4096 / 2**20, 1) if rates else None
         rec["wall_total_s"] = round(t_end - t0, 3) if t0 else None
         # keep polling until the destination answers steadily (or give up after 15 s)
         if poller:
@@ -613,6 +660,11 @@ def one_run(cfg, rep, wname, mname, run_index):
                 d = poller.successes("dst")
                 if res.get("converged") and d and time.monotonic() - d[0][2] > 1.5:
                     break
+                dproc = getattr(ctx.dst, "proc", None)
+                if res.get("converged") and ((dproc and dproc.poll() is not None)
+                                             or guest_faults(ctx.dst.serial_path)):
+                    time.sleep(0.5)
+                    break  # the guest died at the destination: no answer will come
                 time.sleep(0.1)
             poller.stop()
             pa, last_src, first_dst = analyse_poll(poller, t0, t_end, res.get("converged"))
@@ -637,13 +689,27 @@ def one_run(cfg, rep, wname, mname, run_index):
                     ok = ok and hb["serial_dst_first"] >= hb["serial_src_last"]
                 hb["continues"] = bool(ok)
                 rec["heartbeat"] = hb
-        if ctx.dst and ctx.dst.qmp:
-            rec["dst_status"] = ctx.dst.qmp.cmd("query-status").get("status")
-        if ctx.src and ctx.src.qmp:
-            rec["src_status"] = ctx.src.qmp.cmd("query-status").get("status")
-        if res.get("converged") and rec.get("dst_status") != "running":
-            rec["converged"] = False
-            rec["status"] = "dst-not-running"
+        for side, vm in (("src", ctx.src), ("dst", ctx.dst)):
+            if not vm:
+                continue
+            proc = getattr(vm, "proc", None)
+            if proc and proc.poll() is not None:  # e.g. guest panicked: panic=-1 + -no-reboot ends QEMU
+                rec[f"{side}_status"] = f"qemu-exited rc={proc.returncode}"
+                continue
+            try:
+                rec[f"{side}_status"] = vm.qmp.cmd("query-status", timeout=10).get("status")
+            except QMPError as e:
+                rec[f"{side}_status"] = f"qmp-error: {e}"
+        # Did the guest survive? After a completed migration it must run on at the destination
+        # (heartbeat continues, no oops/panic on its console); after a cancelled one at the source.
+        if res.get("converged"):
+            rec["guest_faults"] = guest_faults(ctx.dst.serial_path) if ctx.dst else []
+            rec["guest_ok"] = (not rec["guest_faults"] and rec.get("dst_status") == "running"
+                               and bool((rec.get("heartbeat") or {}).get("continues")))
+        elif ctx.src:
+            rec["guest_faults"] = guest_faults(ctx.src.serial_path)
+            rec["guest_ok"] = (not rec["guest_faults"] and rec.get("src_status") == "running"
+                               and (not poller or rec["poll"].get("src_answers_after_end", 0) > 0))
     except Interrupted:
         raise
     except Exception as e:  # record the run as failed and carry on with the next one
@@ -652,10 +718,10 @@ def one_run(cfg, rep, wname, mname, run_index):
         rec["error"] = f"{type(e).__name__}: {e}"
         log(f"run {run_index} ({wname}/{mname}) error: {rec['error']}")
     finally:
-        if poller and poller.is_alive():
-            poller.stop()
+        if ctx.poller and ctx.poller.is_alive():
+            ctx.poller.stop()
         for vm in (ctx.src, ctx.dst):
-            if vm:
+            if vm and hasattr(vm, "stop"):
                 vm.stop()
         rec["run_wall_s"] = round(time.monotonic() - t_run, 1)
         rec["loadavg_after"] = list(os.getloadavg())

@@ -37,7 +37,7 @@ def svg(doc, summary):
     pw, ph = 380, 300  # panel plot area
     ml, mt, mb, gap = 60, 50, 70, 40
     width = ml + len(PANELS) * (pw + gap + ml) - ml
-    height = mt + ph + mb + 30
+    height = mt + ph + 60
     heading = (f"Live migration, {s['mem_mb']} MiB guest, {s['accel'].upper()}, {s['reps']} rep(s): "
                "median, min/max whiskers (log scale)")
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

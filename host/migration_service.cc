@@ -1,0 +1,267 @@
+#include "host/migration_service.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "host/admin_ops.h"
+#include "migrate/migration_destination.h"
+#include "migrate/migration_source.h"
+#include "migrate/session.h"
+#include "migrate/vm.h"
+
+namespace sod {
+
+namespace {
+
+using json = nlohmann::json;
+
+json ProgressJson(const MigrationProgress& p) {
+  return {{"phase", p.phase},
+          {"round", p.round},
+          {"stream_bytes", p.stream_bytes},
+          {"wire_bytes", p.wire_bytes},
+          {"ram_total", p.ram_total},
+          {"ram_remaining", p.ram_remaining},
+          {"dirty_pages_rate", p.dirty_pages_rate},
+          {"expected_downtime_ms", p.expected_downtime_ms},
+          {"mbps", p.mbps},
+          {"elapsed_s", p.elapsed_s}};
+}
+
+json SummaryJson(const SourceReport& r) {
+  return {{"total_s", r.total_s},
+          {"downtime_ms", r.downtime_ms},
+          {"qemu_downtime_ms", r.qemu_downtime_ms},
+          {"stream_bytes", r.stream_bytes},
+          {"wire_bytes", r.wire_bytes},
+          {"rounds", r.rounds}};
+}
+
+json SignedReceiptJson(const SignedReceipt& r) {
+  json j = ToJson(r);
+  j["encoded"] = ToHex(EncodeReceipt(r.receipt));  // what the signatures cover, verifiable later
+  return j;
+}
+
+// Optional request members with their types checked.
+template <typename T>
+Result<T> Optional(const json& req, const char* key, T fallback) {
+  auto it = req.find(key);
+  if (it == req.end()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!it->is_boolean()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a boolean");
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a string");
+  } else {
+    if (!it->is_number_unsigned())
+      return Error(Errc::kInvalidArgument, std::string(key) + ": not a non-negative integer");
+  }
+  return it->get<T>();
+}
+
+std::string PendingPath(const std::string& state_dir, const MigrationId& id) {
+  return state_dir + "/receipts/" + MigrationIdHex(id) + ".pending.json";
+}
+
+}  // namespace
+
+Result<std::unique_ptr<MigrationService>> MigrationService::Create(HostDaemon& d) {
+  const HostDaemonConfig& c = d.config();
+  SOD_ASSIGN_OR_RETURN(auto signer, HostSigner::Load(c.tls_dir + "/" + c.host_id + ".key"));
+  SOD_ASSIGN_OR_RETURN(auto ledger, FileOutcomeLedger::Open(c.state_dir + "/outcomes"));
+  return std::unique_ptr<MigrationService>(
+      new MigrationService(d, std::move(signer), std::move(ledger)));
+}
+
+void MigrationService::Install() {
+  d_.admin().Register("migrate", [this](const json& req, AdminEvents& ev) {
+    return Migrate(req, ev);
+  });
+  d_.admin().Register("recover", [this](const json& req, AdminEvents& ev) {
+    return Recover(req, ev);
+  });
+  d_.SetSessionHandler([this](std::unique_ptr<Session> s) { Serve(std::move(s)); });
+}
+
+void MigrationService::Audit(std::string_view kind, const json& data) {
+  if (d_.events()) d_.events()(kind, data);
+}
+
+Status MigrationService::SaveReceipt(const SignedReceipt& r) {
+  const std::string path =
+      d_.config().state_dir + "/receipts/" + MigrationIdHex(r.receipt.migration_id) + ".json";
+  std::ofstream f(path, std::ios::trunc);
+  f << SignedReceiptJson(r).dump(2) << "\n";
+  if (!f.good()) return Error(Errc::kIo, "cannot write receipt " + path);
+  return Status::Ok();
+}
+
+Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
+  SOD_RETURN_IF_ERROR(CheckRequestKeys(
+      req, {"name", "to", "connect", "port", "channels", "suite", "verify_ram", "max_bandwidth",
+            "downtime_limit_ms", "converge_timeout_s"}));
+  SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
+  SOD_ASSIGN_OR_RETURN(std::string to, RequestString(req, "to"));
+  SOD_ASSIGN_OR_RETURN(std::string connect, Optional<std::string>(req, "connect", to));
+  SOD_ASSIGN_OR_RETURN(uint64_t port, Optional<uint64_t>(req, "port", 7400));
+  SOD_ASSIGN_OR_RETURN(uint64_t channels,
+                       Optional<uint64_t>(req, "channels", d_.session_options().data_channels));
+  SOD_ASSIGN_OR_RETURN(std::string suite, Optional<std::string>(req, "suite", "aes-256-gcm"));
+  SourceOptions opts;
+  SOD_ASSIGN_OR_RETURN(opts.verify_ram, Optional<bool>(req, "verify_ram", true));
+  SOD_ASSIGN_OR_RETURN(opts.max_bandwidth,
+                       Optional<uint64_t>(req, "max_bandwidth", opts.max_bandwidth));
+  SOD_ASSIGN_OR_RETURN(opts.downtime_limit_ms,
+                       Optional<uint64_t>(req, "downtime_limit_ms", opts.downtime_limit_ms));
+  SOD_ASSIGN_OR_RETURN(uint64_t converge_s, Optional<uint64_t>(req, "converge_timeout_s", 600));
+  if (port == 0 || port > 65535) return Error(Errc::kInvalidArgument, "port: 1..65535");
+  if (channels == 0 || channels > kMaxDataChannels)
+    return Error(Errc::kInvalidArgument, "channels: 1..16");
+  SessionOptions so = d_.session_options();
+  so.data_channels = static_cast<uint16_t>(channels);
+  if (suite == "aes-256-gcm")
+    so.suites = {Suite::kAes256Gcm};
+  else if (suite == "hmac-sha256")
+    so.suites = {Suite::kHmacSha256};
+  else
+    return Error(Errc::kInvalidArgument, "suite: aes-256-gcm or hmac-sha256");
+  opts.host_id = d_.config().host_id;
+  opts.converge_timeout = std::chrono::seconds(converge_s);
+  SOD_ASSIGN_OR_RETURN(MigrationId id, NewMigrationId());
+  opts.migration_id = id;
+  const std::string id_hex = MigrationIdHex(id);
+
+  SOD_ASSIGN_OR_RETURN(auto lease, d_.registry().LeaseForMigration(name, id_hex));
+  const json where = {{"migration_id", id_hex}, {"vm", name},       {"to", to},
+                      {"connect", connect},     {"port", port},     {"suite", suite},
+                      {"channels", channels}};
+  Audit("migration.start", where);
+  (void)events.Emit("connecting", where);
+  auto session =
+      Session::Connect(d_.client_tls(), connect, static_cast<uint16_t>(port), to, so);
+  if (!session.ok()) {
+    Audit("migration.abort", {{"migration_id", id_hex}, {"vm", name},
+                              {"reason", session.status().ToString()}});
+    (void)lease->Finish(LeaseOutcome::kReturned, "migration to " + to + " refused: " +
+                                                     session.status().ToString());
+    return session.status();
+  }
+  (void)events.Emit("session", {{"peer", (*session)->peer_host_id()},
+                                {"suite", std::string(SuiteName((*session)->negotiated().suite))},
+                                {"data_channels", (*session)->data_channel_count()}});
+  SourceReport report = MigrateOut(**session, lease->vm(), *signer_, opts,
+                                   [&](const MigrationProgress& p) {
+                                     (void)events.Emit("progress", ProgressJson(p));
+                                   });
+  json result = {{"migration_id", id_hex},
+                 {"outcome", SourceOutcomeName(report.outcome)},
+                 {"summary", SummaryJson(report)}};
+  switch (report.outcome) {
+    case SourceOutcome::kCommitted: {
+      Status saved = SaveReceipt(*report.receipt);
+      json rj = SignedReceiptJson(*report.receipt);
+      Audit("migration.commit", {{"role", "source"}, {"receipt", rj}, {"summary", SummaryJson(report)}});
+      (void)lease->Finish(LeaseOutcome::kMigratedAway, "migrated to " + to + " (" + id_hex + ")");
+      result["receipt"] = rj;
+      if (!report.error.ok()) result["warning"] = report.error.ToString();
+      if (!saved.ok()) result["warning"] = saved.ToString();
+      return result;
+    }
+    case SourceOutcome::kAborted:
+      Audit("migration.abort", {{"role", "source"}, {"migration_id", id_hex}, {"vm", name},
+                                {"reason", report.error.ToString()}});
+      (void)lease->Finish(LeaseOutcome::kReturned, "migration aborted: " + report.error.ToString());
+      return report.error.ok() ? Error(Errc::kInternal, "aborted without a reason") : report.error;
+    case SourceOutcome::kInDoubt: {
+      std::ofstream f(PendingPath(d_.config().state_dir, id), std::ios::trunc);
+      f << json{{"migration_id", id_hex}, {"vm", name}, {"to", to}, {"connect", connect},
+                {"port", port}}
+               .dump()
+        << "\n";
+      Audit("migration.in-doubt", {{"role", "source"}, {"migration_id", id_hex}, {"vm", name},
+                                   {"reason", report.error.ToString()}});
+      (void)lease->Finish(LeaseOutcome::kInDoubt,
+                          "commit sent to " + to + ", no answer; run `sodctl recover " + name + "`");
+      return Error(Errc::kState, report.error.ToString() + " (run: sodctl recover " + name + ")");
+    }
+  }
+  return Error(Errc::kInternal, "unknown migration outcome");
+}
+
+Result<json> MigrationService::Recover(const json& req, AdminEvents& events) {
+  SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {"name"}));
+  SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
+  SOD_ASSIGN_OR_RETURN(auto lease, d_.registry().LeaseForRecovery(name));
+  SOD_ASSIGN_OR_RETURN(MigrationId id, MigrationIdFromHex(lease->migration_id()));
+  std::ifstream f(PendingPath(d_.config().state_dir, id));
+  json pending = json::parse(f, nullptr, false);
+  if (pending.is_discarded() || !pending.is_object())
+    return Error(Errc::kNotFound, "no record of where migration " + lease->migration_id() +
+                                      " went (" + PendingPath(d_.config().state_dir, id) + ")");
+  const std::string to = pending.value("to", ""), connect = pending.value("connect", "");
+  const uint16_t port = pending.value("port", uint16_t{0});
+  (void)events.Emit("asking", {{"migration_id", lease->migration_id()}, {"destination", to}});
+  SOD_ASSIGN_OR_RETURN(auto session,
+                       Session::Connect(d_.client_tls(), connect, port, to, d_.session_options()));
+  Result<SourceOutcome> r = RecoverInDoubt(*session, lease->vm(), id);
+  if (!r.ok()) {
+    Audit("migration.recovery-failed",
+          {{"migration_id", lease->migration_id()}, {"vm", name}, {"reason", r.status().ToString()}});
+    return r.status();  // the lease ends as returned; the VM stays paused and in doubt
+  }
+  const bool committed = *r == SourceOutcome::kCommitted;
+  Audit("migration.recovered", {{"migration_id", lease->migration_id()},
+                                {"vm", name},
+                                {"outcome", SourceOutcomeName(*r)}});
+  std::filesystem::remove(PendingPath(d_.config().state_dir, id));
+  (void)lease->Finish(committed ? LeaseOutcome::kMigratedAway : LeaseOutcome::kReturned,
+                      committed ? "recovered: runs on " + to : "recovered: resumed here");
+  return json{{"migration_id", MigrationIdHex(id)}, {"outcome", SourceOutcomeName(*r)}};
+}
+
+void MigrationService::Serve(std::unique_ptr<Session> session) {
+  IncomingVmSlot slot(d_.registry());
+  DestinationContext ctx;
+  ctx.host_id = d_.config().host_id;
+  ctx.signer = signer_.get();
+  ctx.ledger = ledger_.get();
+  ctx.launch_incoming = slot.Launcher();
+  ctx.vm_running = [this](const MigrationId& id) {
+    std::ifstream f(d_.config().state_dir + "/receipts/" + MigrationIdHex(id) + ".json");
+    json r = json::parse(f, nullptr, false);
+    if (r.is_discarded() || !r.contains("vm_name")) return false;
+    auto info = d_.registry().Show(r.value("vm_name", ""));
+    return info.ok() && info->record.phase == VmPhase::kRunning;
+  };
+  const std::string peer = session->peer_host_id();
+  DestinationReport report = ServeSession(*session, ctx);
+  const std::string id_hex = MigrationIdHex(report.id);
+  if (report.kind == DestinationReport::Kind::kOutcomeQuery) {
+    Audit("migration.outcome-query",
+          {{"migration_id", id_hex},
+           {"from", peer},
+           {"answer", std::string(MigrationOutcomeName(ledger_->Lookup(report.id)))},
+           {"error", report.error.ToString()}});
+    return;
+  }
+  if (report.kind != DestinationReport::Kind::kMigration) {
+    Audit("session.refused", {{"from", peer}, {"reason", report.error.ToString()}});
+    return;
+  }
+  if (report.vm) {
+    (void)SaveReceipt(*report.receipt);
+    Audit("migration.commit",
+          {{"role", "destination"}, {"receipt", SignedReceiptJson(*report.receipt)}});
+    Status s = slot.Adopt(std::move(report.vm));
+    if (!s.ok()) Audit("migration.adopt-failed", {{"migration_id", id_hex}, {"reason", s.ToString()}});
+  } else {
+    Audit("migration.abort", {{"role", "destination"},
+                              {"migration_id", id_hex},
+                              {"vm", report.vm_name},
+                              {"from", peer},
+                              {"reason", report.error.ToString()}});
+  }
+}
+
+}  // namespace sod

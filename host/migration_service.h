@@ -1,0 +1,51 @@
+// MigrationService: the migration engine inside sodd (migrate/migration_source.h,
+// migrate/migration_destination.h).
+//
+//   source:      admin op "migrate" {name, to, connect?, port?, channels?, suite?, verify_ram?,
+//                max_bandwidth?, downtime_limit_ms?, converge_timeout_s?} streams "progress"
+//                events and ends with the outcome and, when committed, the signed receipt;
+//                admin op "recover" {name} resolves an in-doubt VM by asking its destination.
+//   destination: the session handler serves offers (VMs coming in) and outcome queries.
+//
+// Every migration's start, commit or abort, and every recovery, goes to the host's event sink
+// (the hash-chained audit log in sodd) with its reason; receipts (both signatures) are also kept
+// as <state dir>/receipts/<migration id>.json. Outcomes are decided in <state dir>/outcomes
+// (FileOutcomeLedger). What recover needs to find the destination again is kept in
+// <state dir>/receipts/<migration id>.pending.json while a migration is in doubt.
+//
+// Thread-safety: ops and sessions run concurrently on their own threads; the service's state is
+// the registry's (thread-safe), the ledger's (thread-safe) and files per migration id.
+#pragma once
+
+#include <memory>
+
+#include "host/host_daemon.h"
+#include "migrate/migration.h"
+#include "migrate/receipt.h"
+
+namespace sod {
+
+class MigrationService {
+ public:
+  // `daemon` must outlive the service. Loads the host signing key (<tls dir>/<host>.key) and
+  // opens the outcome ledger.
+  static Result<std::unique_ptr<MigrationService>> Create(HostDaemon& daemon);
+  // Registers the ops and the session handler. Before daemon.Start().
+  void Install();
+
+ private:
+  MigrationService(HostDaemon& d, std::unique_ptr<HostSigner> signer,
+                   std::unique_ptr<FileOutcomeLedger> ledger)
+      : d_(d), signer_(std::move(signer)), ledger_(std::move(ledger)) {}
+  Result<nlohmann::json> Migrate(const nlohmann::json& request, AdminEvents& events);
+  Result<nlohmann::json> Recover(const nlohmann::json& request, AdminEvents& events);
+  void Serve(std::unique_ptr<Session> session);
+  void Audit(std::string_view kind, const nlohmann::json& data);
+  Status SaveReceipt(const SignedReceipt& r);
+
+  HostDaemon& d_;
+  std::unique_ptr<HostSigner> signer_;
+  std::unique_ptr<FileOutcomeLedger> ledger_;
+};
+
+}  // namespace sod

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# sod demo: two sod hosts on this machine (loopback), a guest booted on host A, moved securely to
+# host B while it runs, with live progress, the signed receipt, and the guest alive on B.
+#
+#   ./scripts/demo.sh            (as root on Debian 12: installs what it needs, builds, runs)
+#
+# Environment: SOD_DEMO_DIR (default /tmp/sod-demo), SOD_BUILD_DIR (default build),
+# SOD_DEMO_KEEP=1 leaves both hosts and the VM running at the end (stop them with the commands
+# it prints).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+. scripts/lib/deps.sh
+
+DEMO=${SOD_DEMO_DIR:-/tmp/sod-demo}
+BUILD=${SOD_BUILD_DIR:-build}
+GUEST=${SOD_GUEST_DIR:-/var/cache/sod/guest}
+PORT_A=7401 PORT_B=7402
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+bold "1. installing, building sod and the test guest"
+sod_ensure_packages build test guest
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target sodd sodctl >/dev/null
+SODD=$BUILD/tools/sodd SODCTL=$BUILD/tools/sodctl
+SOD_GUEST_DIR=$GUEST scripts/build-guest.sh | tail -1
+
+pids=()
+cleanup() {
+  [ "${SOD_DEMO_KEEP:-0}" = 1 ] && return
+  for h in a b; do
+    [ -S "$DEMO/$h/sodd.sock" ] && "$SODCTL" --state-dir "$DEMO/$h" vm stop demo >/dev/null 2>&1 || true
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+bold "2. a cluster CA and two host identities"
+for h in a b; do
+  [ -f "$DEMO/$h/sodd.pid" ] && kill "$(head -1 "$DEMO/$h/sodd.pid")" 2>/dev/null || true
+done
+sleep 0.5
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+"$SODCTL" pki init --dir "$DEMO/pki"
+"$SODCTL" pki issue --dir "$DEMO/pki" --host hosta
+"$SODCTL" pki issue --dir "$DEMO/pki" --host hostb
+
+bold "3. two sodd hosts on loopback: hosta :$PORT_A, hostb :$PORT_B"
+"$SODD" --host-id hosta --state-dir "$DEMO/a" --listen 127.0.0.1:$PORT_A --tls-dir "$DEMO/pki" \
+  --forward-ports 20100-20199 2>"$DEMO/sodd-a.err" & pids+=($!)
+"$SODD" --host-id hostb --state-dir "$DEMO/b" --listen 127.0.0.1:$PORT_B --tls-dir "$DEMO/pki" \
+  --forward-ports 20200-20299 2>"$DEMO/sodd-b.err" & pids+=($!)
+for h in a b; do
+  for _ in $(seq 100); do [ -S "$DEMO/$h/sodd.sock" ] && break; sleep 0.1; done
+  [ -S "$DEMO/$h/sodd.sock" ] || { echo "sodd $h did not start:"; cat "$DEMO/sodd-$h.err"; exit 1; }
+done
+"$SODCTL" --state-dir "$DEMO/a" status
+
+bold "4. a guest on hosta (256 MiB, dirtying 64 MiB of memory at 16 MiB/s, heartbeat on its console)"
+cat >"$DEMO/demo.json" <<JSON
+{"name": "demo", "memory_mb": 256, "vcpus": 1, "accel": "tcg", "cpu": "qemu64",
+ "kernel": "$( [ -f "$GUEST/vmlinux" ] && echo "$GUEST/vmlinux" || echo "$GUEST/vmlinuz")",
+ "initrd": "$GUEST/initrd.img",
+ "append": "$(cat "$GUEST/cmdline") sod.hb=1 sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16",
+ "guest_port": 7777}
+JSON
+"$SODCTL" --state-dir "$DEMO/a" vm start "$DEMO/demo.json"
+SERIAL_A=$DEMO/a/vms/demo/serial.log
+for _ in $(seq 600); do grep -q SOD-READY "$SERIAL_A" 2>/dev/null && break; sleep 0.2; done
+grep -q SOD-READY "$SERIAL_A" || { echo "the guest did not come up:"; tail "$SERIAL_A"; exit 1; }
+sleep 2
+echo "guest console on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
+PORT_GUEST_A=$("$SODCTL" --state-dir "$DEMO/a" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
+echo "guest service via hosta 127.0.0.1:$PORT_GUEST_A: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_A; head -1 <&3" || echo '(no answer)')"
+
+bold "5. secure live migration hosta -> hostb"
+"$SODCTL" --state-dir "$DEMO/a" migrate demo --to hostb:$PORT_B --connect 127.0.0.1
+
+bold "6. the guest runs on hostb; its heartbeat continues where it was"
+SERIAL_B=$DEMO/b/vms/demo/serial.log
+echo "last heartbeat on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
+sleep 2
+echo "heartbeats on hostb:     $(grep -a 'SOD-HB' "$SERIAL_B" | head -1)  ...  $(grep -a 'SOD-HB' "$SERIAL_B" | tail -1)"
+echo "memory check on hostb:   $(grep -a 'SOD-PATTERN' "$SERIAL_B" | tail -1)"
+PORT_GUEST_B=$("$SODCTL" --state-dir "$DEMO/b" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
+echo "guest service via hostb 127.0.0.1:$PORT_GUEST_B: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_B; head -1 <&3" || echo '(no answer)')"
+"$SODCTL" --state-dir "$DEMO/a" vm list
+"$SODCTL" --state-dir "$DEMO/b" vm list
+
+bold "7. both hosts' receipts and audit logs"
+for h in a b; do
+  r=$(ls "$DEMO/$h/receipts/"*.json | grep -v pending | head -1)
+  echo "host$h keeps $r:"
+  python3 - "$r" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("migration_id", "vm_name", "source_host", "destination_host", "started", "rounds",
+          "stream_bytes", "wire_bytes", "records", "suite", "transcript", "ram_digest",
+          "outcome", "source_signature", "destination_signature"):
+    v = r.get(k)
+    if isinstance(v, str) and len(v) > 64: v = v[:64] + "..."
+    print(f"  {k:22} {v}")
+PY
+  echo "  audit log: $(wc -l <"$DEMO/$h/audit.log") hash-chained entries; last: $(tail -1 "$DEMO/$h/audit.log" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e["kind"], e["hash"][:16])')"
+done
+
+if [ "${SOD_DEMO_KEEP:-0}" = 1 ]; then
+  bold "left running (SOD_DEMO_KEEP=1)"
+  echo "  $SODCTL --state-dir $DEMO/b vm show demo"
+  echo "  kill ${pids[*]}   # stops both sodd (the VM keeps running; vm stop first to end it)"
+else
+  bold "done: stopping the VM and both hosts"
+fi

@@ -1,0 +1,179 @@
+// sodctl migrate | recover: move a VM to another host over sod's secure channel, and resolve a
+// migration whose outcome is unknown (host/migration_service.h).
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "migrate/vm.h"
+#include "tools/sodctl_commands.h"
+#include "tools/sodctl_sodd.h"
+
+namespace sod::sodctl {
+namespace {
+
+using nlohmann::json;
+
+struct MigrateArgs {
+  std::string name;
+  std::string to;  // HOST[:PORT]
+  std::string connect;
+  uint16_t channels = 0;
+  std::string suite = "aes-256-gcm";
+  bool no_verify_ram = false;
+  uint64_t max_bandwidth_mib = 0;
+  uint64_t downtime_limit_ms = 0;
+  bool json = false;
+};
+
+std::string Mib(uint64_t bytes) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(1) << static_cast<double>(bytes) / (1 << 20) << " MiB";
+  return o.str();
+}
+
+void PrintProgress(const json& e, bool tty) {
+  const std::string kind = e.value("event", "");
+  if (kind == "connecting") {
+    std::cout << "connecting to " << Text(e["to"]) << " at " << Text(e["connect"]) << ":"
+              << Text(e["port"]) << " (TLS 1.3, mutual X.509)\n";
+    return;
+  }
+  if (kind == "session") {
+    std::cout << "secure session with " << Text(e["peer"]) << ": " << Text(e["suite"]) << ", "
+              << Text(e["data_channels"]) << " data channels\n";
+    return;
+  }
+  if (kind != "progress") return;
+  const std::string phase = e.value("phase", "");
+  std::ostringstream line;
+  line << std::fixed << std::setprecision(1) << std::setw(6) << e.value("elapsed_s", 0.0) << "s  "
+       << std::left << std::setw(10) << phase << std::right << " round " << std::setw(3)
+       << e.value("round", 0) << "  sent " << std::setw(10) << Mib(e.value("stream_bytes", 0ull))
+       << "  remaining " << std::setw(10) << Mib(e.value("ram_remaining", 0ull)) << "  dirty "
+       << std::setw(7) << e.value("dirty_pages_rate", 0ull) << " pg/s  " << std::setw(7)
+       << e.value("mbps", 0.0) << " Mbit/s  exp. downtime " << e.value("expected_downtime_ms", 0ull)
+       << " ms";
+  if (tty && phase == "streaming")
+    std::cout << "\r" << line.str() << "\x1b[K" << std::flush;
+  else
+    std::cout << (tty ? "\r" : "") << line.str() << "\n";
+}
+
+Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
+  json req = {{"op", "migrate"}, {"name", a.name}, {"suite", a.suite}, {"verify_ram", !a.no_verify_ram}};
+  std::string host = a.to;
+  if (auto colon = a.to.rfind(':'); colon != std::string::npos) {
+    host = a.to.substr(0, colon);
+    unsigned long port = 0;
+    try {
+      port = std::stoul(a.to.substr(colon + 1));
+    } catch (...) {
+      port = 0;
+    }
+    if (port == 0 || port > 65535)
+      return Error(Errc::kInvalidArgument, "--to: expected HOST[:PORT], got " + a.to);
+    req["port"] = port;
+  }
+  req["to"] = host;
+  if (!a.connect.empty()) req["connect"] = a.connect;
+  if (a.channels) req["channels"] = a.channels;
+  if (a.max_bandwidth_mib) req["max_bandwidth"] = a.max_bandwidth_mib << 20;
+  if (a.downtime_limit_ms) req["downtime_limit_ms"] = a.downtime_limit_ms;
+  const bool tty = !a.json && isatty(fileno(stdout));
+  std::vector<json> events;
+  Result<json> reply = CallSodd(sodd, req, [&](const json& e) {
+    if (a.json)
+      events.push_back(e);
+    else
+      PrintProgress(e, tty);
+  });
+  if (tty) std::cout << "\n";
+  if (!reply.ok()) return reply.status().WithContext("migrate " + a.name);
+  if (a.json) {
+    json out = *reply;
+    out["events"] = events;
+    PrintJson(out);
+    return Status::Ok();
+  }
+  const json& s = (*reply)["summary"];
+  std::cout << std::fixed << std::setprecision(2) << "migrated " << a.name << " to " << host
+            << ": committed\n"
+            << "  total time    " << s.value("total_s", 0.0) << " s\n"
+            << "  downtime      " << s.value("downtime_ms", 0.0) << " ms (source stop -> "
+            << "destination resume; QEMU alone: " << s.value("qemu_downtime_ms", 0.0) << " ms)\n"
+            << "  stream        " << Mib(s.value("stream_bytes", 0ull)) << " in "
+            << s.value("rounds", 0) << " rounds, " << Mib(s.value("wire_bytes", 0ull))
+            << " on the wire\n";
+  const json& r = (*reply)["receipt"];
+  std::cout << "  receipt       " << Text((*reply)["migration_id"]) << "  transcript "
+            << Text(r["transcript"]) << "\n"
+            << "                signed by " << Text(r["source_host"]) << " and "
+            << Text(r["destination_host"]) << "; RAM digest "
+            << (r["ram_digest"].is_null() ? std::string("not checked") : Text(r["ram_digest"]))
+            << "\n";
+  if (reply->contains("warning")) std::cout << "  warning       " << Text((*reply)["warning"]) << "\n";
+  return Status::Ok();
+}
+
+Status RunRecover(const SoddTarget& sodd, const MigrateArgs& a) {
+  SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", "recover"}, {"name", a.name}}));
+  if (a.json) {
+    PrintJson(reply);
+    return Status::Ok();
+  }
+  const std::string outcome = reply.value("outcome", "");
+  std::cout << a.name << ": migration " << Text(reply["migration_id"]) << " "
+            << (outcome == "committed" ? "had committed: the VM runs at the destination; the copy "
+                                         "here was quit"
+                                       : "had not committed: the VM was resumed here")
+            << "\n";
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
+                        CommandAction& action) {
+  auto args = std::make_shared<MigrateArgs>();
+  CLI::App* m = app.add_subcommand(
+      "migrate",
+      "Live-migrate a VM of this host to another sod host. Both hosts authenticate (TLS 1.3, "
+      "cluster CA, host ids), the VM's migration stream crosses in authenticated, encrypted "
+      "records over several data channels, the destination verifies transcript, receipt "
+      "signature and guest RAM digest before it resumes the VM, and both keep the signed "
+      "receipt. On any failure the VM keeps running here. Exit status 0: committed; 1: not "
+      "migrated (the VM runs here) or in doubt (see `recover`).");
+  m->add_option("name", args->name, "VM name")->required()->type_name("VM");
+  m->add_option("--to", args->to, "Destination host id, as its certificate names it, and port")
+      ->required()
+      ->type_name("HOST[:PORT]");
+  m->add_option("--connect", args->connect, "Address to dial (default: the host id)")
+      ->type_name("ADDR");
+  m->add_option("--channels", args->channels, "Data channels (default: sodd's)")
+      ->check(CLI::Range(1, 16));
+  m->add_option("--suite", args->suite,
+                "Record protection: aes-256-gcm (confidentiality + integrity) or hmac-sha256 "
+                "(integrity only)")
+      ->check(CLI::IsMember({"aes-256-gcm", "hmac-sha256"}));
+  m->add_flag("--no-verify-ram", args->no_verify_ram,
+              "Skip the guest RAM digest comparison at commit");
+  m->add_option("--max-bandwidth", args->max_bandwidth_mib, "QEMU bandwidth cap, MiB/s")
+      ->type_name("MIB");
+  m->add_option("--downtime-limit", args->downtime_limit_ms, "QEMU downtime limit, ms")
+      ->type_name("MS");
+  m->add_flag("--json", args->json, "Print the result, receipt and every event as JSON");
+  m->callback([&action, sodd, args] { action = [sodd, args] { return RunMigrate(*sodd, *args); }; });
+
+  auto rargs = std::make_shared<MigrateArgs>();
+  CLI::App* r = app.add_subcommand(
+      "recover",
+      "Resolve a VM left in doubt (its commit went out, no answer came): ask the destination "
+      "what it decided. Committed there: the paused copy here is quit. Not committed: it is "
+      "resumed here. The VM never runs in two places.");
+  r->add_option("name", rargs->name, "VM name")->required()->type_name("VM");
+  r->add_flag("--json", rargs->json, "Print the result as JSON");
+  r->callback([&action, sodd, rargs] { action = [sodd, rargs] { return RunRecover(*sodd, *rargs); }; });
+}
+
+}  // namespace sod::sodctl
