@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "host/admin_ops.h"
@@ -74,7 +75,69 @@ Result<std::unique_ptr<MigrationService>> MigrationService::Create(HostDaemon& d
       new MigrationService(d, std::move(signer), std::move(ledger)));
 }
 
+void MigrationService::ResolveAfterRestart() {
+  for (const VmInfo& info : d_.registry().List()) {
+    if (info.record.migration_id.empty()) continue;
+    // An incoming VM whose QEMU ended while sodd was down (QEMU exits when its incoming stream
+    // breaks) is found "lost". Outgoing migrations keep a pending file; incoming ones have none.
+    if (info.record.phase == VmPhase::kLost) {
+      auto id = MigrationIdFromHex(info.record.migration_id);
+      if (!id.ok() || std::filesystem::exists(PendingPath(d_.config().state_dir, *id))) continue;
+      auto decided = ledger_->Decide(*id, MigrationOutcome::kAborted, info.spec.name);  // fence
+      if (decided.ok() && *decided != MigrationOutcome::kCommitted) {
+        (void)d_.registry().Stop(info.spec.name, /*force=*/true);
+        Audit("migration.restart-resolution", {{"vm", info.spec.name},
+                                               {"migration_id", info.record.migration_id},
+                                               {"direction", "in"},
+                                               {"action", "forgotten (incoming, never committed)"}});
+      }
+      continue;
+    }
+    if (info.record.phase != VmPhase::kInDoubt) continue;
+    const std::string& name = info.spec.name;
+    auto id = MigrationIdFromHex(info.record.migration_id);
+    if (!id.ok()) continue;
+    const bool incoming = info.record.note.find("migrating-in") != std::string::npos;
+    auto lease = d_.registry().LeaseForRecovery(name);
+    if (!lease.ok()) continue;
+    Vm& vm = (*lease)->vm();
+    auto state = vm.RunState();
+    std::string action;
+    if (incoming) {
+      auto decided = ledger_->Decide(*id, MigrationOutcome::kAborted, name);  // fence
+      if (decided.ok() && *decided == MigrationOutcome::kCommitted) {
+        if (state.ok() && *state != "running") (void)vm.Resume();
+        (void)(*lease)->Finish(LeaseOutcome::kReturned, "committed before the restart");
+        action = "kept (committed)";
+      } else {
+        (void)(*lease)->Finish(LeaseOutcome::kReturned);
+        (void)d_.registry().Stop(name, /*force=*/true);
+        action = "removed (not committed)";
+      }
+    } else if (state.ok() && *state == "running") {
+      (void)(*lease)->Finish(LeaseOutcome::kReturned, "migration interrupted by a sodd restart");
+      action = "returned (still running here)";
+    } else if (state.ok() && *state != "postmigrate") {
+      // QEMU never completed the migration, so no commit was sent: resume here.
+      (void)vm.qmp().Execute("migrate_cancel");
+      Status resumed = vm.Resume();
+      (void)(*lease)->Finish(LeaseOutcome::kReturned,
+                             resumed.ok() ? "migration interrupted, resumed here"
+                                          : "resume failed: " + resumed.ToString());
+      action = resumed.ok() ? "resumed (commit never sent)" : "resume failed";
+    } else {
+      (void)(*lease)->Finish(LeaseOutcome::kInDoubt, info.record.note);
+      action = "left in doubt (run sodctl recover " + name + ")";
+    }
+    Audit("migration.restart-resolution", {{"vm", name},
+                                           {"migration_id", info.record.migration_id},
+                                           {"direction", incoming ? "in" : "out"},
+                                           {"action", action}});
+  }
+}
+
 void MigrationService::Install() {
+  ResolveAfterRestart();
   d_.admin().Register("migrate", [this](const json& req, AdminEvents& ev) {
     return Migrate(req, ev);
   });
@@ -137,10 +200,18 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
                       {"connect", connect},     {"port", port},     {"suite", suite},
                       {"channels", channels}};
   Audit("migration.start", where);
+  // Where this migration goes, kept until its outcome is known: recovery (also after a sodd
+  // restart) needs it to ask the destination.
+  const std::string pending = PendingPath(d_.config().state_dir, id);
+  {
+    std::ofstream f(pending, std::ios::trunc);
+    f << where.dump() << "\n";
+  }
   (void)events.Emit("connecting", where);
   auto session =
       Session::Connect(d_.client_tls(), connect, static_cast<uint16_t>(port), to, so);
   if (!session.ok()) {
+    std::filesystem::remove(pending);
     Audit("migration.abort", {{"migration_id", id_hex}, {"vm", name},
                               {"reason", session.status().ToString()}});
     (void)lease->Finish(LeaseOutcome::kReturned, "migration to " + to + " refused: " +
@@ -157,6 +228,7 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
   json result = {{"migration_id", id_hex},
                  {"outcome", SourceOutcomeName(report.outcome)},
                  {"summary", SummaryJson(report)}};
+  if (report.outcome != SourceOutcome::kInDoubt) std::filesystem::remove(pending);
   switch (report.outcome) {
     case SourceOutcome::kCommitted: {
       Status saved = SaveReceipt(*report.receipt);
@@ -174,11 +246,6 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
       (void)lease->Finish(LeaseOutcome::kReturned, "migration aborted: " + report.error.ToString());
       return report.error.ok() ? Error(Errc::kInternal, "aborted without a reason") : report.error;
     case SourceOutcome::kInDoubt: {
-      std::ofstream f(PendingPath(d_.config().state_dir, id), std::ios::trunc);
-      f << json{{"migration_id", id_hex}, {"vm", name}, {"to", to}, {"connect", connect},
-                {"port", port}}
-               .dump()
-        << "\n";
       Audit("migration.in-doubt", {{"role", "source"}, {"migration_id", id_hex}, {"vm", name},
                                    {"reason", report.error.ToString()}});
       (void)lease->Finish(LeaseOutcome::kInDoubt,
@@ -221,12 +288,15 @@ Result<json> MigrationService::Recover(const json& req, AdminEvents& events) {
 }
 
 void MigrationService::Serve(std::unique_ptr<Session> session) {
-  IncomingVmSlot slot(d_.registry());
+  std::optional<IncomingVmSlot> slot;  // made once the offer names its migration
   DestinationContext ctx;
   ctx.host_id = d_.config().host_id;
   ctx.signer = signer_.get();
   ctx.ledger = ledger_.get();
-  ctx.launch_incoming = slot.Launcher();
+  ctx.launch_incoming = [this, &slot](const VmSpec& spec, const MigrationId& id) {
+    slot.emplace(d_.registry(), MigrationIdHex(id));
+    return slot->Launcher()(spec);
+  };
   ctx.vm_running = [this](const MigrationId& id) {
     std::ifstream f(d_.config().state_dir + "/receipts/" + MigrationIdHex(id) + ".json");
     json r = json::parse(f, nullptr, false);
@@ -253,7 +323,7 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     (void)SaveReceipt(*report.receipt);
     Audit("migration.commit",
           {{"role", "destination"}, {"receipt", SignedReceiptJson(*report.receipt)}});
-    Status s = slot.Adopt(std::move(report.vm));
+    Status s = slot->Adopt(std::move(report.vm));
     if (!s.ok()) Audit("migration.adopt-failed", {{"migration_id", id_hex}, {"reason", s.ToString()}});
   } else {
     Audit("migration.abort", {{"role", "destination"},

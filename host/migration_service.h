@@ -30,8 +30,15 @@ class MigrationService {
   // `daemon` must outlive the service. Loads the host signing key (<tls dir>/<host>.key) and
   // opens the outcome ledger.
   static Result<std::unique_ptr<MigrationService>> Create(HostDaemon& daemon);
-  // Registers the ops and the session handler. Before daemon.Start().
+  // Registers the ops and the session handler, and settles the VMs a previous sodd left in doubt
+  // (ResolveAfterRestart). Before daemon.Start().
   void Install();
+  // After a sodd restart: an incoming VM whose migration was not committed is fenced (decided
+  // aborted) and removed, a committed one is kept (and resumed if needed); an outgoing VM whose
+  // QEMU still runs it is simply returned, one paused before its commit could have been sent
+  // (QEMU not in postmigrate) has its QEMU migration cancelled and is resumed; one in postmigrate
+  // stays in doubt for `sodctl recover`. Each decision goes to the audit log.
+  void ResolveAfterRestart();
 
  private:
   MigrationService(HostDaemon& d, std::unique_ptr<HostSigner> signer,

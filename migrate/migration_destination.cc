@@ -64,7 +64,7 @@ Status DestinationMigration::Prepare() {
                                      " was seen before (replayed offer)");
   if (ctx_.admit) SOD_RETURN_IF_ERROR(ctx_.admit(offer_, spec, session_.peer_host_id()));
 
-  SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec));
+  SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
   QmpClient& qmp = vm_->qmp();
   SOD_RETURN_IF_ERROR(
       qmp.Execute("migrate-set-capabilities",

@@ -28,8 +28,8 @@ struct DestinationContext {
   std::string host_id;                // ours, as our certificate names it
   const HostSigner* signer = nullptr;  // required
   OutcomeLedger* ledger = nullptr;     // required
-  // Starts the incoming QEMU (VmLaunchMode::kIncoming) for a VM; required.
-  std::function<Result<std::unique_ptr<Vm>>(const VmSpec&)> launch_incoming;
+  // Starts the incoming QEMU (VmLaunchMode::kIncoming) for a VM of a migration; required.
+  std::function<Result<std::unique_ptr<Vm>>(const VmSpec&, const MigrationId&)> launch_incoming;
   // Authorization of an offer (may this peer send this VM here?). Empty: every offer from an
   // authenticated cluster host is admitted.
   std::function<Status(const OfferMsg&, const VmSpec&, const std::string& peer_host)> admit;

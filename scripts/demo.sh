@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 . scripts/lib/deps.sh
+. scripts/lib/hosts.sh
 
 DEMO=${SOD_DEMO_DIR:-/tmp/sod-demo}
 BUILD=${SOD_BUILD_DIR:-build}
@@ -29,7 +30,7 @@ pids=()
 cleanup() {
   [ "${SOD_DEMO_KEEP:-0}" = 1 ] && return
   for h in a b; do
-    [ -S "$DEMO/$h/sodd.sock" ] && "$SODCTL" --state-dir "$DEMO/$h" vm stop demo >/dev/null 2>&1 || true
+    [ -S "$DEMO/host$h/sodd.sock" ] && "$SODCTL" --state-dir "$DEMO/host$h" vm stop demo >/dev/null 2>&1 || true
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -38,60 +39,48 @@ trap cleanup EXIT
 
 bold "2. a cluster CA and two host identities"
 for h in a b; do
-  [ -f "$DEMO/$h/sodd.pid" ] && kill "$(head -1 "$DEMO/$h/sodd.pid")" 2>/dev/null || true
+  [ -f "$DEMO/host$h/sodd.pid" ] && kill "$(head -1 "$DEMO/host$h/sodd.pid")" 2>/dev/null || true
 done
 sleep 0.5
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
-"$SODCTL" pki init --dir "$DEMO/pki"
-"$SODCTL" pki issue --dir "$DEMO/pki" --host hosta
-"$SODCTL" pki issue --dir "$DEMO/pki" --host hostb
+sod_pki "$DEMO/pki" hosta hostb
+ls "$DEMO/pki"
 
 bold "3. two sodd hosts on loopback: hosta :$PORT_A, hostb :$PORT_B"
-"$SODD" --host-id hosta --state-dir "$DEMO/a" --listen 127.0.0.1:$PORT_A --tls-dir "$DEMO/pki" \
-  --forward-ports 20100-20199 2>"$DEMO/sodd-a.err" & pids+=($!)
-"$SODD" --host-id hostb --state-dir "$DEMO/b" --listen 127.0.0.1:$PORT_B --tls-dir "$DEMO/pki" \
-  --forward-ports 20200-20299 2>"$DEMO/sodd-b.err" & pids+=($!)
-for h in a b; do
-  for _ in $(seq 100); do [ -S "$DEMO/$h/sodd.sock" ] && break; sleep 0.1; done
-  [ -S "$DEMO/$h/sodd.sock" ] || { echo "sodd $h did not start:"; cat "$DEMO/sodd-$h.err"; exit 1; }
-done
-"$SODCTL" --state-dir "$DEMO/a" status
+# State dirs are $DEMO/hosta and $DEMO/hostb.
+sod_start_host "$DEMO" hosta $PORT_A 20100-20199
+sod_start_host "$DEMO" hostb $PORT_B 20200-20299
+pids+=("${SOD_HOST_PID[hosta]}" "${SOD_HOST_PID[hostb]}")
+"$SODCTL" --state-dir "$DEMO/hosta" status
 
 bold "4. a guest on hosta (256 MiB, dirtying 64 MiB of memory at 16 MiB/s, heartbeat on its console)"
-cat >"$DEMO/demo.json" <<JSON
-{"name": "demo", "memory_mb": 256, "vcpus": 1, "accel": "tcg", "cpu": "qemu64",
- "kernel": "$( [ -f "$GUEST/vmlinux" ] && echo "$GUEST/vmlinux" || echo "$GUEST/vmlinuz")",
- "initrd": "$GUEST/initrd.img",
- "append": "$(cat "$GUEST/cmdline") sod.hb=1 sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16",
- "guest_port": 7777}
-JSON
-"$SODCTL" --state-dir "$DEMO/a" vm start "$DEMO/demo.json"
-SERIAL_A=$DEMO/a/vms/demo/serial.log
-for _ in $(seq 600); do grep -q SOD-READY "$SERIAL_A" 2>/dev/null && break; sleep 0.2; done
-grep -q SOD-READY "$SERIAL_A" || { echo "the guest did not come up:"; tail "$SERIAL_A"; exit 1; }
+sod_guest_spec "$DEMO/demo.json" demo 256 "sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16"
+"$SODCTL" --state-dir "$DEMO/hosta" vm start "$DEMO/demo.json"
+SERIAL_A=$DEMO/hosta/vms/demo/serial.log
+sod_wait_ready "$SERIAL_A"
 sleep 2
 echo "guest console on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
-PORT_GUEST_A=$("$SODCTL" --state-dir "$DEMO/a" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
+PORT_GUEST_A=$("$SODCTL" --state-dir "$DEMO/hosta" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
 echo "guest service via hosta 127.0.0.1:$PORT_GUEST_A: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_A; head -1 <&3" || echo '(no answer)')"
 
 bold "5. secure live migration hosta -> hostb"
-"$SODCTL" --state-dir "$DEMO/a" migrate demo --to hostb:$PORT_B --connect 127.0.0.1
+"$SODCTL" --state-dir "$DEMO/hosta" migrate demo --to hostb:$PORT_B --connect 127.0.0.1
 
 bold "6. the guest runs on hostb; its heartbeat continues where it was"
-SERIAL_B=$DEMO/b/vms/demo/serial.log
+SERIAL_B=$DEMO/hostb/vms/demo/serial.log
 echo "last heartbeat on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
 sleep 2
 echo "heartbeats on hostb:     $(grep -a 'SOD-HB' "$SERIAL_B" | head -1)  ...  $(grep -a 'SOD-HB' "$SERIAL_B" | tail -1)"
 echo "memory check on hostb:   $(grep -a 'SOD-PATTERN' "$SERIAL_B" | tail -1)"
-PORT_GUEST_B=$("$SODCTL" --state-dir "$DEMO/b" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
+PORT_GUEST_B=$("$SODCTL" --state-dir "$DEMO/hostb" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
 echo "guest service via hostb 127.0.0.1:$PORT_GUEST_B: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_B; head -1 <&3" || echo '(no answer)')"
-"$SODCTL" --state-dir "$DEMO/a" vm list
-"$SODCTL" --state-dir "$DEMO/b" vm list
+"$SODCTL" --state-dir "$DEMO/hosta" vm list
+"$SODCTL" --state-dir "$DEMO/hostb" vm list
 
 bold "7. both hosts' receipts and audit logs"
 for h in a b; do
-  r=$(ls "$DEMO/$h/receipts/"*.json | grep -v pending | head -1)
+  r=$(ls "$DEMO/host$h/receipts/"*.json | grep -v pending | head -1)
   echo "host$h keeps $r:"
   python3 - "$r" <<'PY'
 import json, sys
@@ -103,12 +92,12 @@ for k in ("migration_id", "vm_name", "source_host", "destination_host", "started
     if isinstance(v, str) and len(v) > 64: v = v[:64] + "..."
     print(f"  {k:22} {v}")
 PY
-  echo "  audit log: $(wc -l <"$DEMO/$h/audit.log") hash-chained entries; last: $(tail -1 "$DEMO/$h/audit.log" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e["kind"], e["hash"][:16])')"
+  echo "  audit log: $(wc -l <"$DEMO/host$h/audit.log") hash-chained entries; last: $(tail -1 "$DEMO/host$h/audit.log" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e["kind"], e["hash"][:16])')"
 done
 
 if [ "${SOD_DEMO_KEEP:-0}" = 1 ]; then
   bold "left running (SOD_DEMO_KEEP=1)"
-  echo "  $SODCTL --state-dir $DEMO/b vm show demo"
+  echo "  $SODCTL --state-dir $DEMO/hostb vm show demo"
   echo "  kill ${pids[*]}   # stops both sodd (the VM keeps running; vm stop first to end it)"
 else
   bold "done: stopping the VM and both hosts"

@@ -139,7 +139,7 @@ class MigrationFixture : public ::testing::Test {
     ctx.signer = b_.signer.get();
     ctx.ledger = &b_.ledger;
     ctx.step_timeout = std::chrono::seconds(30);
-    ctx.launch_incoming = [this](const VmSpec& spec) -> Result<std::unique_ptr<Vm>> {
+    ctx.launch_incoming = [this](const VmSpec& spec, const MigrationId&) -> Result<std::unique_ptr<Vm>> {
       return Vm::Launch(spec, MakeVmPaths((b_.dir / "vm").string(), b_.id, spec, 0),
                         VmLaunchMode::kIncoming);
     };

@@ -108,8 +108,8 @@ TEST_F(MigrationTest, DestinationQemuDyingMidStreamLeavesTheVmAtTheSource) {
   DestinationContext ctx = DestContext();
   auto launch = ctx.launch_incoming;
   std::thread killer;
-  ctx.launch_incoming = [&](const VmSpec& spec) -> Result<std::unique_ptr<Vm>> {
-    auto vm = launch(spec);
+  ctx.launch_incoming = [&](const VmSpec& spec, const MigrationId& id) -> Result<std::unique_ptr<Vm>> {
+    auto vm = launch(spec, id);
     if (vm.ok()) {
       pid_t pid = (*vm)->pid();
       killer = std::thread([pid] {
