@@ -1,3 +1,4 @@
+#include "base/openssl_errors.h"
 #include "migrate/pki.h"
 
 #include <fcntl.h>
@@ -44,18 +45,6 @@ constexpr size_t kMaxHostIdLength = 64;
 constexpr long kClockSkewSlackSeconds = 5 * 60;
 constexpr int kSerialBytes = 16;
 
-// Drains the calling thread's OpenSSL error queue into "reason; reason".
-std::string DrainOpensslErrors() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no OpenSSL error reported" : out;
-}
 
 Status CryptoError(std::string_view what) {
   return Error(Errc::kCrypto, std::string(what) + ": " + DrainOpensslErrors());

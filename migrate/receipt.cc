@@ -1,3 +1,4 @@
+#include "base/openssl_errors.h"
 #include "migrate/receipt.h"
 
 #include <openssl/bio.h>
@@ -32,17 +33,6 @@ using BioPtr = OsslPtr<BIO, BIO_free_all>;
 
 constexpr std::string_view kSignatureMismatch = "receipt signature does not verify";
 
-std::string DrainOpensslErrors() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no OpenSSL error reported" : out;
-}
 
 Status Bad(std::string_view detail) {
   return Error(Errc::kMalformed, "receipt: " + std::string(detail));

@@ -1,3 +1,4 @@
+#include "base/openssl_errors.h"
 #include "migrate/tls.h"
 
 #include <arpa/inet.h>
@@ -54,17 +55,6 @@ constexpr unsigned int kHostFlags =
 
 std::string Errno(int err) { return std::error_code(err, std::generic_category()).message(); }
 
-std::string DrainOpensslErrors() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no OpenSSL error reported" : out;
-}
 
 // --- A BIO over a non-blocking socket, sending with MSG_NOSIGNAL. ---
 

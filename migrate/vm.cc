@@ -1,3 +1,4 @@
+#include "migrate/spawn_setup.h"
 #include "migrate/vm.h"
 
 #include <errno.h>
@@ -82,29 +83,6 @@ Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t&
 
 // ---- processes ---------------------------------------------------------------------------------
 
-// posix_spawn attribute and file-action objects, destroyed on every path.
-class SpawnSetup {
- public:
-  SpawnSetup() {
-    attr_ok_ = posix_spawnattr_init(&attr_) == 0;
-    actions_ok_ = posix_spawn_file_actions_init(&actions_) == 0;
-  }
-  ~SpawnSetup() {
-    if (attr_ok_) posix_spawnattr_destroy(&attr_);
-    if (actions_ok_) posix_spawn_file_actions_destroy(&actions_);
-  }
-  SpawnSetup(const SpawnSetup&) = delete;
-  SpawnSetup& operator=(const SpawnSetup&) = delete;
-  bool ok() const { return attr_ok_ && actions_ok_; }
-  posix_spawnattr_t* attr() { return &attr_; }
-  posix_spawn_file_actions_t* actions() { return &actions_; }
-
- private:
-  posix_spawnattr_t attr_;
-  posix_spawn_file_actions_t actions_;
-  bool attr_ok_ = false;
-  bool actions_ok_ = false;
-};
 
 // Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
 // `log_path`, default signal mask and dispositions, no descriptors of ours beyond 0-2.
