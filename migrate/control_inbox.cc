@@ -14,7 +14,25 @@ void ControlInbox::Join() {
 
 void ControlInbox::Run() {
   for (;;) {
-    Result<ControlMsg> item = session_.ReceiveControl();
+    Result<ControlMsg> item = Error(Errc::kInternal, "unset");
+    Result<RecordView> rec = session_.ReceiveControlRecord();
+    if (!rec.ok()) {
+      item = rec.status();
+    } else if (rec->header.type == RecordType::kRoundBoundary) {
+      // The peer's progress echo: proof of life on the control channel, nothing to queue.
+      if (Status s = DecodeRoundBoundary(rec->payload).status(); !s.ok()) item = s;
+      else continue;
+    } else if (rec->header.type == RecordType::kAbort) {
+      auto a = DecodeAbort(rec->payload);
+      item = a.ok() ? Error(Errc::kAborted, "peer " + session_.peer_host_id() + " aborted (" +
+                                                std::string(ErrcName(a->code)) + "): " + a->reason)
+                    : a.status();
+    } else if (rec->header.type == RecordType::kControl) {
+      item = DecodeControl(rec->payload);
+    } else {
+      item = Error(Errc::kState, "unexpected " + std::string(RecordTypeName(rec->header.type)) +
+                                     " record on the control channel");
+    }
     bool stop = !item.ok();
     {
       std::lock_guard<std::mutex> l(mu_);

@@ -1,6 +1,7 @@
 // ControlInbox: a thread that receives the control channel of a session while the engine's main
 // thread drives QEMU. Each control message is decoded as it arrives and queued; a peer's Abort
-// record or a link failure is queued as an error and ends the thread.
+// record or a link failure is queued as an error and ends the thread. RoundBoundary records (the
+// peer's progress echo) only prove the peer alive and are not queued.
 #pragma once
 
 #include <chrono>

@@ -102,9 +102,19 @@ Status DestinationMigration::ReceiveUntilCommit() {
       return sink.ok() ? rec.status() : sink;
     }
     switch (rec->header.type) {
-      case RecordType::kRoundBoundary:
+      case RecordType::kRoundBoundary: {
         SOD_RETURN_IF_ERROR(DecodeRoundBoundary(rec->payload).status());
+        // Echo our progress: the source's control channel would otherwise hear nothing from us
+        // for the whole stream and time out on long migrations.
+        // The source sends progress only before the switchover check, so every echo reaches it
+        // before our SwitchoverOk, and none can race with the transcript in its commit.
+        if (sm_.state() != DestinationState::kReceiving)
+          return Error(Errc::kState, "progress record after the switchover check");
+        Bytes echo;
+        EncodeRoundBoundary({sink_->stream_bytes(), 0, 0}, echo);
+        SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, echo));
         continue;
+      }
       case RecordType::kAbort: {
         SOD_ASSIGN_OR_RETURN(AbortBody a, DecodeAbort(rec->payload));
         return Error(Errc::kAborted, "source " + session_.peer_host_id() + " aborted (" +

@@ -207,13 +207,17 @@ Status SourceMigration::StreamUntilCompleted() {
       next_report = Clock::now() + std::chrono::milliseconds(500);
       if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
       const json ram = last_query_.value("ram", json::object());
-      // Progress for the destination, and proof of life on an otherwise quiet control channel.
-      Bytes body;
-      EncodeRoundBoundary({pump_->stream_bytes(), U64(ram, "dirty-pages-rate"),
-                           U64(ram, "transferred")},
-                          body);
-      SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, body));
-      Report("streaming");
+      // Progress for the destination, and proof of life on the control channel in both
+      // directions (the destination echoes it). Only before the switchover check: after it, the
+      // control channel must stay quiet until the commit (PROTOCOL.md, "Migration").
+      if (sm_.state() == SourceState::kStreaming) {
+        Bytes body;
+        EncodeRoundBoundary({pump_->stream_bytes(), U64(ram, "dirty-pages-rate"),
+                             U64(ram, "transferred")},
+                            body);
+        SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, body));
+        Report("streaming");
+      }
     }
     pollfd p{qmp.fd(), POLLIN, 0};
     ::poll(&p, 1, 50);

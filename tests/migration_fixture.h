@@ -18,6 +18,7 @@
 #include <future>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <thread>
@@ -139,9 +140,14 @@ class MigrationFixture : public ::testing::Test {
     ctx.signer = b_.signer.get();
     ctx.ledger = &b_.ledger;
     ctx.step_timeout = std::chrono::seconds(30);
-    ctx.launch_incoming = [this](const VmSpec& spec, const MigrationId&) -> Result<std::unique_ptr<Vm>> {
-      return Vm::Launch(spec, MakeVmPaths((b_.dir / "vm").string(), b_.id, spec, 0),
-                        VmLaunchMode::kIncoming);
+    ctx.launch_incoming = [this](const VmSpec& spec,
+                                 const MigrationId&) -> Result<std::unique_ptr<Vm>> {
+      VmPaths paths = MakeVmPaths((b_.dir / "vm").string(), b_.id, spec, 0);
+      {
+        std::lock_guard<std::mutex> l(dest_files_mu_);
+        dest_memory_files_.push_back(paths.memory_file);
+      }
+      return Vm::Launch(spec, paths, VmLaunchMode::kIncoming);
     };
     return ctx;
   }
@@ -197,10 +203,11 @@ class MigrationFixture : public ::testing::Test {
         WaitFor([&] { return LastHeartbeat(source_vm_->paths().serial_log) > hb + 3; }, 10s))
         << "the source guest keeps running";
     EXPECT_FALSE(dest_vm_) << "no VM at the destination";
-    std::error_code ec;
-    for (auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
-      EXPECT_EQ(e.path().filename().string().find("sod-hostb-"), std::string::npos)
-          << "destination memory file left behind: " << e.path();
+    // The memory files of this test's destination QEMUs (other test runs, e.g. another
+    // engineer's, may have sod-hostb-* files of their own in /dev/shm at the same time).
+    std::lock_guard<std::mutex> l(dest_files_mu_);
+    for (const std::string& f : dest_memory_files_)
+      EXPECT_FALSE(std::filesystem::exists(f)) << "destination memory file left behind: " << f;
   }
 
   std::filesystem::path root_;
@@ -211,6 +218,8 @@ class MigrationFixture : public ::testing::Test {
   std::chrono::milliseconds accept_timeout_ = std::chrono::seconds(20);
   // Options of both ends of the session (2 data channels, 30 s timeout unless a test changes it).
   SessionOptions session_options_;
+  std::mutex dest_files_mu_;
+  std::vector<std::string> dest_memory_files_;  // every destination QEMU's memory file
   // When set: given the listener's port, returns the port the source connects to instead (a relay).
   std::function<uint16_t(uint16_t)> route_;
 };

@@ -190,7 +190,7 @@ shown=$(ctl vm show g1 --json) || fail "vm show after restart"
 [ "$(json_get 'j["vm"]["phase"]' <<<"$shown")" = running ] || fail "not running after restart: $shown"
 [ "$(json_get 'j["vm"]["pid"]' <<<"$shown")" = "$qemu_pid" ] || fail "another pid after restart: $shown"
 [ "$(json_get 'j["vm"]["run_state"]' <<<"$shown")" = running ] || fail "run state after restart: $shown"
-grep -q '"kind":"vm.adopted"' "$state/events.log" || fail "no vm.adopted event"
+grep -q '"kind":"vm.adopted"' "$state/audit.log" || fail "no vm.adopted event"
 sleep 1
 hb3=$(last_hb "$serial")
 [ "$hb3" -gt "$hb2" ] || fail "heartbeat did not continue after re-adoption ($hb2 -> $hb3)"
@@ -217,7 +217,7 @@ wait_exit "$qemu_pid" 10 || fail "QEMU still runs after vm stop"
 [ ! -e "$state/vms/g1" ] || fail "VM dir left after vm stop"
 [ "$(ctl vm list --json | json_get 'len(j["vms"])')" = 0 ] || fail "VM still listed after stop"
 expect_rc 1 "stopping g1 twice" ctl vm stop g1
-grep -q '"kind":"vm.stopped"' "$state/events.log" || fail "no vm.stopped event"
+grep -q '"kind":"vm.stopped"' "$state/audit.log" || fail "no vm.stopped event"
 
 kill -TERM "$sodd_pid"
 wait "$sodd_pid"

@@ -165,7 +165,10 @@ int Run(int argc, char** argv) {
   // hash-chained audit log; a log that fails verification stops sodd.
   auto audit = sod::AuditLog::Open(config.state_dir + "/audit.log", config.host_id);
   if (!audit.ok()) {
-    log->error("cannot open the audit log: {}", audit.status().ToString());
+    // The audit log is held open by the sodd that owns this state dir.
+    log->error("cannot open the audit log: {}{}", audit.status().ToString(),
+               audit.status().code() == sod::Errc::kState ? " (another sodd runs on this state dir)"
+                                                          : "");
     return kExitError;
   }
   config.events = [audit = std::shared_ptr<sod::AuditLog>(std::move(*audit)), log](
