@@ -97,10 +97,7 @@ Status DestinationMigration::Prepare() {
 Status DestinationMigration::ReceiveUntilCommit() {
   for (;;) {
     Result<RecordView> rec = session_.ReceiveControlRecord();
-    if (!rec.ok()) {
-      Status sink = sink_->error();
-      return sink.ok() ? rec.status() : sink;
-    }
+    if (!rec.ok()) return rec.status();
     switch (rec->header.type) {
       case RecordType::kRoundBoundary: {
         SOD_RETURN_IF_ERROR(DecodeRoundBoundary(rec->payload).status());
@@ -246,6 +243,9 @@ DestinationReport DestinationMigration::Run() {
   report_.vm_name = offer_.vm_name;
   Status s = Prepare();
   if (s.ok()) s = ReceiveUntilCommit();
+  // A broken data channel is the root cause of whatever the control path saw after it (the sink
+  // already told the source and closed our sending side).
+  if (!s.ok() && sink_ && !sink_->error().ok()) s = sink_->error();
   if (s.ok()) s = VerifyAndResume();
   if (!s.ok()) {
     const bool from_peer = s.code() == Errc::kAborted || s.code() == Errc::kClosed;
