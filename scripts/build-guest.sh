@@ -62,7 +62,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$is_root" = 1 ] || die "missing packages ${missing[*]}: run as root to install them"
   log "installing: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-    || die "apt-get install ${missing[*]} failed (run apt-get update first?)"
+    || { apt-get update -qq >&2 &&
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } \
+    || die "apt-get install ${missing[*]} failed"
 fi
 BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing although busybox-static is installed"
@@ -70,6 +72,12 @@ file_is_static() { ! LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'INTERP'; }
 file_is_static "$BUSYBOX" || die "$BUSYBOX is not static (busybox-static expected, not busybox)"
 
 # ---- which kernel -------------------------------------------------------------------------------
+# A fresh machine may have no package lists yet: fetch them once if apt knows no kernel package.
+if [ "$is_root" = 1 ] && [ ! -f "$DIR/manifest" ] &&
+   ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  log "apt knows no kernel package yet: apt-get update"
+  apt-get update -qq >&2 || die "apt-get update failed"
+fi
 kpkg=${SOD_GUEST_KERNEL_PKG:-}
 if [ -z "$kpkg" ]; then
   kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
