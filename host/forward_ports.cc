@@ -28,6 +28,10 @@ bool CanBindLoopback(uint16_t port) {
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // As QEMU's hostfwd listener does: a port whose old connections linger in TIME_WAIT (e.g. those
+  // of a client of the previous VM) can be listened on again.
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   ::close(fd);
   return ok;

@@ -6,9 +6,9 @@
 #                        the default full run, 24 runs, took ~8 min)
 #   --reps N             repetitions (default 3); modes are interleaved inside each repetition
 #   --mem MIB            guest RAM (default 1024; --quick 512)
-#   --modes LIST         comma list of plain,tls,sod (default plain,tls). sod runs only through the
-#                        SOD_BENCH_SOD_CMD hook for now; otherwise it is skipped with a message
-#                        (contract: run_sod() and the mode comment in scripts/bench/driver.py)
+#   --modes LIST         comma list of plain,tls,sod (default plain,tls,sod). sod: two sodd hosts on
+#                        loopback (built here if missing, in $SOD_BUILD_DIR or build/), the guest
+#                        booted by sodd, moved with `sodctl migrate` (run_sod in scripts/bench/driver.py)
 #   --workloads LIST     default idle,moderate,heavy,max:
 #                          idle      no dirtier (sod.dirty_mb=0)
 #                          moderate  128 MiB working set dirtied at 32 MiB/s
@@ -85,6 +85,18 @@ if [ -n "$report" ]; then
   [ -f "$report/results.json" ] || { log "no $report/results.json"; exit 1; }
   PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
   PYTHONDONTWRITEBYTECODE=1 exec "$PY" "$BENCH_DIR/driver.py" --report "$report"
+fi
+
+# sod's binaries, unless the modes leave sod out.
+modes_arg=plain,tls,sod
+for ((i = 0; i < ${#pass[@]}; i++)); do [ "${pass[$i]}" = --modes ] && modes_arg=${pass[$((i + 1))]}; done
+if [[ ",$modes_arg," == *,sod,* ]]; then
+  . "$REPO/scripts/lib/deps.sh"
+  sod_ensure_packages build >&2
+  export SOD_BUILD_DIR=${SOD_BUILD_DIR:-$REPO/build}
+  cmake -S "$REPO" -B "$SOD_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+    cmake --build "$SOD_BUILD_DIR" -j "$(nproc)" --target sodd sodctl >/dev/null ||
+    { log "building sodd/sodctl failed"; exit 1; }
 fi
 
 SOD_GUEST_DIR=$GUEST_DIR "$REPO/scripts/build-guest.sh" --quiet "$GUEST_DIR" >/dev/null ||

@@ -18,6 +18,7 @@ are produced at the end (stats.py, plot.py; `bench.sh --report DIR` regenerates 
 import argparse
 import datetime
 import json
+import atexit
 import os
 import platform
 import re
@@ -479,83 +480,174 @@ def _sod_binaries():
     return None
 
 
-def _sod_command(cfg):
-    """The sod hook: SOD_BENCH_SOD_CMD (a shell command run by run_sod below)."""
-    return os.environ.get("SOD_BENCH_SOD_CMD", "").strip() or None
+class _SodHosts:
+    """Two sodd hosts on loopback for the whole bench invocation (hosta -> hostb), each with a
+    one-port forward range, so the guest service's port on both hosts is known in advance."""
 
+    def __init__(self, cfg):
+        self.sodd, self.sodctl = _sod_binaries()
+        self.dir = os.path.join(cfg.out_dir, "sod")
+        self.ports = {"hosta": free_port(), "hostb": free_port()}
+        # Forward ports below the kernel's ephemeral range, which free_port() (the other modes'
+        # hostfwd ports) draws from: a clash would leave sodd without its only forward port.
+        base = 20000 + (os.getpid() % 4000) * 2
+        self.fwd = {"hosta": base, "hostb": base + 1}
+        self.procs = {}
+        pki = os.path.join(self.dir, "pki")
+        subprocess.run([self.sodctl, "pki", "init", "--dir", pki], check=True, capture_output=True)
+        for h in ("hosta", "hostb"):
+            subprocess.run([self.sodctl, "pki", "issue", "--dir", pki, "--host", h], check=True,
+                           capture_output=True)
+        for h in ("hosta", "hostb"):
+            err = open(os.path.join(self.dir, f"sodd-{h}.err"), "a")
+            self.procs[h] = subprocess.Popen(
+                [self.sodd, "--host-id", h, "--state-dir", self.state(h), "--listen",
+                 f"127.0.0.1:{self.ports[h]}", "--tls-dir", pki, "--forward-ports",
+                 f"{self.fwd[h]}-{self.fwd[h]}", "--qemu", cfg.qemu],
+                stdout=err, stderr=err, start_new_session=True)
+            deadline = time.monotonic() + 15
+            while subprocess.run(self.ctl(h, "status"), capture_output=True).returncode != 0:
+                if time.monotonic() > deadline or self.procs[h].poll() is not None:
+                    raise RuntimeError(f"sodd {h} did not start (see {err.name})")
+                time.sleep(0.1)
 
-def sod_available(cfg):
-    if _sod_command(cfg):
-        return True, ""
-    bins = _sod_binaries()
-    if bins:
-        # sodd boots and owns its VMs (sodctl vm start SPEC; sodctl migrate NAME --to HOST:PORT), so
-        # the built-in sod mode is a boots_own mode that is not written yet: see the contract above.
-        return False, (f"sod mode skipped: sod binaries found ({bins[1]}) but the built-in sod mode "
-                       "(run_sod with boots_own=True: two sodd hosts, sodctl vm start, sodctl migrate) "
-                       "is not implemented yet; set SOD_BENCH_SOD_CMD to a hook command meanwhile")
-    return False, ("sod mode skipped: no sod binaries (sodd/sodctl in build/tools or PATH) and "
-                   "SOD_BENCH_SOD_CMD is not set")
+    def state(self, h):
+        return os.path.join(self.dir, h)
 
+    def ctl(self, h, *args):
+        return [self.sodctl, "--state-dir", self.state(h), *args]
 
-def run_sod(ctx):
-    """sod through an external command. The command gets the run in its environment:
-      SOD_BENCH_SRC_QMP / SOD_BENCH_DST_QMP   free QMP monitors (unix sockets) of source/destination
-      SOD_BENCH_SRC_MEM / SOD_BENCH_DST_MEM   guest RAM files (share=on)
-      SOD_BENCH_MEM_MB, SOD_BENCH_MIG_PORT (a free 127.0.0.1 port), SOD_BENCH_RUN_DIR,
-      SOD_BENCH_LIMIT_S, SOD_BENCH_SRC_PID / SOD_BENCH_DST_PID
-    It must migrate the VM (destination was started with -incoming defer), exit 0 once the VM runs
-    at the destination, non-zero on failure; optionally its last stdout line is a JSON object with
-    any of downtime_ms, total_time_ms, bytes, rounds, ram_total, notes. If it does not report
-    downtime/bytes, the source QEMU's query-migrate is used (right for proxy mode; in engine mode
-    that only covers the device state)."""
-    cmd = _sod_command(ctx.cfg)
-    env = dict(os.environ,
-               SOD_BENCH_SRC_QMP=ctx.src.qmp_ext_path, SOD_BENCH_DST_QMP=ctx.dst.qmp_ext_path,
-               SOD_BENCH_SRC_MEM=ctx.src.memfile, SOD_BENCH_DST_MEM=ctx.dst.memfile,
-               SOD_BENCH_MEM_MB=str(ctx.src.mem_mb), SOD_BENCH_MIG_PORT=str(ctx.mig_port),
-               SOD_BENCH_RUN_DIR=ctx.run_dir, SOD_BENCH_LIMIT_S=str(ctx.limit_s),
-               SOD_BENCH_SRC_PID=str(ctx.src.pid), SOD_BENCH_DST_PID=str(ctx.dst.pid))
-    ctx.src.qmp.cmd("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "events", "state": True}]})
-    out_path = os.path.join(ctx.run_dir, "sod.out")
-    with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
-        ctx.mark_start()
-        p = subprocess.Popen(cmd, shell=True, env=env, stdout=out, stderr=err, start_new_session=True)
-        try:
-            rc = p.wait(ctx.limit_s)
-            t_end = time.monotonic()
-            status = "completed" if rc == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGTERM)
+    def stop(self):
+        for h in ("hosta", "hostb"):
+            subprocess.run(self.ctl(h, "vm", "stop", "bench", "--force"), capture_output=True)
+        for p in self.procs.values():
+            p.terminate()
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            t_end, status = time.monotonic(), "cancelled"
-            try:
-                ctx.src.qmp.cmd("migrate_cancel", check=False)
-                if ctx.src.qmp.cmd("query-status").get("status") != "running":
-                    ctx.src.qmp.cmd("cont", check=False)
-            except QMPError:
-                pass
+                p.kill()
+
+
+_SOD_HOSTS = None
+
+
+def _sod_hosts(cfg):
+    global _SOD_HOSTS
+    if _SOD_HOSTS is None:
+        _SOD_HOSTS = _SodHosts(cfg)
+        atexit.register(_SOD_HOSTS.stop)
+    return _SOD_HOSTS
+
+
+class _SodVm:
+    """The bench VM as one sod host sees it: console, forwarded port, and a `qmp` stand-in whose
+    query-status answers QEMU's run state as sodd reports it (sodd owns the QMP socket)."""
+
+    def __init__(self, hosts, host):
+        self.hosts, self.host = hosts, host
+        self.serial_path = os.path.join(hosts.state(host), "vms", "bench", "serial.log")
+        self.hostfwd_port = hosts.fwd[host]
+        self.qmp = self
+
+    def cmd(self, name, args=None, timeout=10, check=True):
+        if name != "query-status":
+            raise QMPError(f"{name}: sodd owns this VM's QMP")
+        r = subprocess.run(self.hosts.ctl(self.host, "vm", "show", "bench", "--json"),
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise QMPError(f"no VM on {self.host}: {r.stderr.strip()}")
+        return {"status": json.loads(r.stdout)["vm"].get("run_state", "")}
+
+    def stop(self):
+        subprocess.run(self.hosts.ctl(self.host, "vm", "stop", "bench", "--force"),
+                       capture_output=True)
+
+
+def sod_available(cfg):
+    if _sod_binaries():
+        return True, ""
+    return False, ("sod mode skipped: no sod binaries (sodd/sodctl in $SOD_BUILD_DIR/tools, "
+                   "build/tools or PATH)")
+
+
+def run_sod(ctx):
+    """sod end to end: sodd on hosta boots the guest (same kernel, initrd, memory and command line
+    as the other modes), `sodctl migrate --json` moves it to hostb over sod's secure channel
+    (TLS 1.3 session setup, records on 2 data channels, commit with transcript, signed receipt and
+    RAM digest). Reported total time: sod's offer -> acknowledged commit (`summary.total_s`); the
+    harness also records the wall clock around the whole command (incl. TLS handshake and session
+    setup) as sod_command_s. Downtime: QEMU's (`qemu_downtime_ms`, comparable with the other
+    modes); sod's source-stop -> destination-resume (incl. RAM digest and commit round trip) as
+    sod_downtime_ms."""
+    cfg, hosts = ctx.cfg, _sod_hosts(ctx.cfg)
+    kernel = os.path.join(cfg.guest_dir, "vmlinux")
+    if not (os.path.exists(kernel) and os.path.getsize(kernel) > 0):
+        kernel = os.path.join(cfg.guest_dir, "vmlinuz")
+    cmdline = guest_cmdline(cfg, ctx.workload)
+    spec = {"name": "bench", "memory_mb": cfg.mem, "vcpus": 1, "accel": cfg.accel,
+            "cpu": "qemu64" if cfg.accel == "tcg" else "host", "kernel": kernel,
+            "initrd": os.path.join(cfg.guest_dir, "initrd.img"), "append": cmdline,
+            "guest_port": 7777}
+    spec_path = os.path.join(ctx.run_dir, "sod-spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    for h in ("hosta", "hostb"):  # a clean start
+        subprocess.run(hosts.ctl(h, "vm", "stop", "bench", "--force"), capture_output=True)
+    r = subprocess.run(hosts.ctl("hosta", "vm", "start", spec_path), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"sodctl vm start: {r.stderr.strip()}")
+    ctx.src, ctx.dst = _SodVm(hosts, "hosta"), _SodVm(hosts, "hostb")
+    t_boot = time.monotonic()
+    while True:
+        try:
+            with open(ctx.src.serial_path, errors="replace") as f:
+                ready = next((l.strip() for l in f if "SOD-READY" in l), None)
+        except OSError:
+            ready = None
+        if ready:
+            break
+        if time.monotonic() - t_boot > cfg.boot_timeout:
+            raise RuntimeError("the sod guest did not come up")
+        time.sleep(0.2)
+    ctx.info.update(guest_cmdline=cmdline, boot_s=round(time.monotonic() - t_boot, 2),
+                    ready_line=ready)
+    time.sleep(cfg.warmup)
+    ctx.info["guest_dirty_rate_mib_s"] = serial_dirty_rate(ctx.src.serial_path)
+    ctx.start_poller(ctx.src.hostfwd_port, ctx.dst.hostfwd_port)
+    cmd = hosts.ctl("hosta", "migrate", "bench", "--to", f"hostb:{hosts.ports['hostb']}",
+                    "--connect", "127.0.0.1", "--json",
+                    "--downtime-limit", str(cfg.downtime_limit))
+    if cfg.max_bandwidth < (1 << 40):
+        cmd += ["--max-bandwidth", str(max(1, cfg.max_bandwidth >> 20))]
+    out_path = os.path.join(ctx.run_dir, "sod.out")
+    with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
+        t0 = ctx.mark_start()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
+        try:
+            rc = p.wait(ctx.limit_s)
+            status = "completed" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGTERM)  # sodctl goes; sodd aborts: the VM stays at hosta
+            p.wait()
+            status = "cancelled"
+        t_end = time.monotonic()
     res = {"status": status, "converged": status == "completed", "t_end": t_end,
-           "notes": f"external command: {cmd}"}
-    try:
-        res.update({k: v for k, v in _migration_stats(ctx.src.qmp.cmd("query-migrate")).items()
-                    if k in ("downtime_ms", "total_time_ms", "bytes", "ram_total", "rounds", "mbps")})
-    except QMPError:
-        pass
+           "sod_command_s": round(t_end - t0, 3),
+           "notes": "sod: total_time = offer -> acknowledged commit; bytes = QEMU stream bytes "
+                    "(wire_bytes adds record headers and tags)"}
     try:
         with open(out_path) as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
-        if lines and lines[-1].lstrip().startswith("{"):
-            rep = json.loads(lines[-1])
-            res.update({k: rep[k] for k in ("downtime_ms", "total_time_ms", "bytes", "rounds",
-                                            "ram_total", "notes") if k in rep})
-    except (OSError, ValueError):
-        pass
+            reply = json.load(f)
+        sm = reply.get("summary", {})
+        res.update(total_time_ms=round(sm.get("total_s", 0) * 1000, 1),
+                   downtime_ms=sm.get("qemu_downtime_ms"), sod_downtime_ms=sm.get("downtime_ms"),
+                   bytes=sm.get("stream_bytes"), wire_bytes=sm.get("wire_bytes"),
+                   rounds=sm.get("rounds"), ram_total=cfg.mem << 20)
+        if res["converged"] and sm.get("total_s"):
+            res["t_end"] = t0 + sm["total_s"]
+    except (OSError, ValueError) as e:
+        with open(os.path.join(ctx.run_dir, "sod.err")) as f:
+            res["error_desc"] = f.read().strip()[-500:] or str(e)
     return res
 
 
@@ -569,7 +661,7 @@ def _tls_args(endpoint):
 MODES = {
     "plain": Mode(run_plain),
     "tls": Mode(run_tls, src_args=_tls_args("client"), dst_args=_tls_args("server")),
-    "sod": Mode(run_sod, available=sod_available),
+    "sod": Mode(run_sod, available=sod_available, boots_own=True),
 }
 
 
@@ -777,7 +869,7 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--mem", type=int)
-    ap.add_argument("--modes", default="plain,tls")
+    ap.add_argument("--modes", default="plain,tls,sod")
     ap.add_argument("--workloads", dest="workload_list", default=",".join(DEFAULT_ORDER))
     ap.add_argument("--workload", action="append", default=[], type=parse_workload)
     ap.add_argument("--limit", type=float, default=120.0)
