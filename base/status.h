@@ -35,6 +35,7 @@ enum class Errc : uint16_t {
   kNotFound = 16,        // a named object (VM, session, file) does not exist
   kInternal = 17,        // a bug: an invariant of our own code broke
   kRefused = 18,         // policy or authorization refused the request
+  kAttestation = 19,     // the peer's attestation evidence was refused (quote, PCRs, key, age)
 };
 
 // Stable lowercase name of a code ("integrity", "sequence", ...).

@@ -16,7 +16,9 @@
 #include <functional>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "base/status.h"
 #include "host/admin_server.h"
@@ -44,5 +46,21 @@ Status CheckRequestKeys(const nlohmann::json& request,
                         std::initializer_list<std::string_view> allowed);
 // The request's string member `key` (kInvalidArgument when missing or not a string).
 Result<std::string> RequestString(const nlohmann::json& request, std::string_view key);
+// The request's optional member `key` (bool, std::string or an unsigned integer type), or
+// `fallback` when absent; kInvalidArgument when it has another type.
+template <typename T>
+Result<T> RequestOptional(const nlohmann::json& request, const char* key, T fallback) {
+  auto it = request.find(key);
+  if (it == request.end()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!it->is_boolean()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a boolean");
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a string");
+  } else {
+    if (!it->is_number_unsigned())
+      return Error(Errc::kInvalidArgument, std::string(key) + ": not a non-negative integer");
+  }
+  return it->get<T>();
+}
 
 }  // namespace sod

@@ -45,21 +45,6 @@ json SignedReceiptJson(const SignedReceipt& r) {
   return j;
 }
 
-// Optional request members with their types checked.
-template <typename T>
-Result<T> Optional(const json& req, const char* key, T fallback) {
-  auto it = req.find(key);
-  if (it == req.end()) return fallback;
-  if constexpr (std::is_same_v<T, bool>) {
-    if (!it->is_boolean()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a boolean");
-  } else if constexpr (std::is_same_v<T, std::string>) {
-    if (!it->is_string()) return Error(Errc::kInvalidArgument, std::string(key) + ": not a string");
-  } else {
-    if (!it->is_number_unsigned())
-      return Error(Errc::kInvalidArgument, std::string(key) + ": not a non-negative integer");
-  }
-  return it->get<T>();
-}
 
 std::string PendingPath(const std::string& state_dir, const MigrationId& id) {
   return state_dir + "/receipts/" + MigrationIdHex(id) + ".pending.json";
@@ -166,18 +151,18 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
             "downtime_limit_ms", "converge_timeout_s"}));
   SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
   SOD_ASSIGN_OR_RETURN(std::string to, RequestString(req, "to"));
-  SOD_ASSIGN_OR_RETURN(std::string connect, Optional<std::string>(req, "connect", to));
-  SOD_ASSIGN_OR_RETURN(uint64_t port, Optional<uint64_t>(req, "port", 7400));
+  SOD_ASSIGN_OR_RETURN(std::string connect, RequestOptional<std::string>(req, "connect", to));
+  SOD_ASSIGN_OR_RETURN(uint64_t port, RequestOptional<uint64_t>(req, "port", 7400));
   SOD_ASSIGN_OR_RETURN(uint64_t channels,
-                       Optional<uint64_t>(req, "channels", d_.session_options().data_channels));
-  SOD_ASSIGN_OR_RETURN(std::string suite, Optional<std::string>(req, "suite", "aes-256-gcm"));
+                       RequestOptional<uint64_t>(req, "channels", d_.session_options().data_channels));
+  SOD_ASSIGN_OR_RETURN(std::string suite, RequestOptional<std::string>(req, "suite", "aes-256-gcm"));
   SourceOptions opts;
-  SOD_ASSIGN_OR_RETURN(opts.verify_ram, Optional<bool>(req, "verify_ram", true));
+  SOD_ASSIGN_OR_RETURN(opts.verify_ram, RequestOptional<bool>(req, "verify_ram", true));
   SOD_ASSIGN_OR_RETURN(opts.max_bandwidth,
-                       Optional<uint64_t>(req, "max_bandwidth", opts.max_bandwidth));
+                       RequestOptional<uint64_t>(req, "max_bandwidth", opts.max_bandwidth));
   SOD_ASSIGN_OR_RETURN(opts.downtime_limit_ms,
-                       Optional<uint64_t>(req, "downtime_limit_ms", opts.downtime_limit_ms));
-  SOD_ASSIGN_OR_RETURN(uint64_t converge_s, Optional<uint64_t>(req, "converge_timeout_s", 600));
+                       RequestOptional<uint64_t>(req, "downtime_limit_ms", opts.downtime_limit_ms));
+  SOD_ASSIGN_OR_RETURN(uint64_t converge_s, RequestOptional<uint64_t>(req, "converge_timeout_s", 600));
   if (port == 0 || port > 65535) return Error(Errc::kInvalidArgument, "port: 1..65535");
   if (channels == 0 || channels > kMaxDataChannels)
     return Error(Errc::kInvalidArgument, "channels: 1..16");
@@ -190,6 +175,7 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
   else
     return Error(Errc::kInvalidArgument, "suite: aes-256-gcm or hmac-sha256");
   opts.host_id = d_.config().host_id;
+  opts.attestation = attestation_;
   opts.converge_timeout = std::chrono::seconds(converge_s);
   SOD_ASSIGN_OR_RETURN(MigrationId id, NewMigrationId());
   opts.migration_id = id;
@@ -271,7 +257,7 @@ Result<json> MigrationService::Recover(const json& req, AdminEvents& events) {
   (void)events.Emit("asking", {{"migration_id", lease->migration_id()}, {"destination", to}});
   SOD_ASSIGN_OR_RETURN(auto session,
                        Session::Connect(d_.client_tls(), connect, port, to, d_.session_options()));
-  Result<SourceOutcome> r = RecoverInDoubt(*session, lease->vm(), id);
+  Result<SourceOutcome> r = RecoverInDoubt(*session, lease->vm(), id, attestation_);
   if (!r.ok()) {
     Audit("migration.recovery-failed",
           {{"migration_id", lease->migration_id()}, {"vm", name}, {"reason", r.status().ToString()}});
@@ -293,6 +279,7 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
   ctx.host_id = d_.config().host_id;
   ctx.signer = signer_.get();
   ctx.ledger = ledger_.get();
+  ctx.attestation = attestation_;
   ctx.launch_incoming = [this, &slot](const VmSpec& spec, const MigrationId& id) {
     slot.emplace(d_.registry(), MigrationIdHex(id));
     return slot->Launcher()(spec);
@@ -316,6 +303,11 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     return;
   }
   if (report.kind != DestinationReport::Kind::kMigration) {
+    // A peer that hangs up after attesting (`sodctl attest`) is no refusal.
+    if (report.error.code() == Errc::kClosed && attestation_) {
+      Audit("session.closed", {{"from", peer}, {"reason", report.error.ToString()}});
+      return;
+    }
     Audit("session.refused", {{"from", peer}, {"reason", report.error.ToString()}});
     return;
   }

@@ -25,6 +25,8 @@
 
 namespace sod {
 
+class PeerAttestation;
+
 class MigrationService {
  public:
   // `daemon` must outlive the service. Loads the host signing key (<tls dir>/<host>.key) and
@@ -39,6 +41,9 @@ class MigrationService {
   // (QEMU not in postmigrate) has its QEMU migration cancelled and is resumed; one in postmigrate
   // stays in doubt for `sodctl recover`. Each decision goes to the audit log.
   void ResolveAfterRestart();
+  // Mutual attestation for every session, both directions (host/attestation_service.h). Null:
+  // sessions are unattested (mutual TLS only). Before Install; must outlive the service.
+  void set_attestation(PeerAttestation* attestation) { attestation_ = attestation; }
 
  private:
   MigrationService(HostDaemon& d, std::unique_ptr<HostSigner> signer,
@@ -53,6 +58,7 @@ class MigrationService {
   HostDaemon& d_;
   std::unique_ptr<HostSigner> signer_;
   std::unique_ptr<FileOutcomeLedger> ledger_;
+  PeerAttestation* attestation_ = nullptr;
 };
 
 }  // namespace sod

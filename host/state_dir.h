@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/files.h"
 #include "base/status.h"
 #include "migrate/vm.h"
 
@@ -90,12 +91,5 @@ class StateDir {
   explicit StateDir(std::string root) : root_(std::move(root)) {}
   std::string root_;
 };
-
-// Writes `text` to `path` atomically (path.tmp, fsync, rename), mode 0600.
-Status WriteFileAtomically(const std::string& path, std::string_view text);
-// Reads a whole small file (at most `max_bytes`): kNotFound, kIo, kTooLarge.
-Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes);
-// mkdir -p with mode 0700 for every directory it creates; chmod 0700 on the last one.
-Status MakePrivateDir(const std::string& dir);
 
 }  // namespace sod

@@ -4,10 +4,11 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 
 #include <cstring>
 #include <string>
+
+#include "base/random.h"
 
 namespace sod {
 
@@ -43,11 +44,7 @@ Status ReadPreamble(ByteReader& r, const char magic[4], const char* what, size_t
   return Status::Ok();
 }
 
-Status RandomNonce(JoinNonce& n) {
-  if (RAND_bytes(n.data(), static_cast<int>(n.size())) != 1)
-    return Error(Errc::kCrypto, "RAND_bytes failed");
-  return Status::Ok();
-}
+Status RandomNonce(JoinNonce& n) { return RandomFill(n); }
 
 }  // namespace
 

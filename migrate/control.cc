@@ -103,14 +103,37 @@ Status Get(ByteReader& r, PreparedMsg& m) {
   return Status::Ok();
 }
 
-void Put(ByteWriter& w, const SwitchoverCheckMsg& v) { w.U64(v.stream_bytes); }
+// u32 length then bytes, refusing lengths above max before copying.
+bool ReadBytes32(ByteReader& r, Bytes& out, size_t max) {
+  ByteSpan b;
+  if (!r.Blob32(b, max)) return false;
+  out.assign(b.begin(), b.end());
+  return true;
+}
+
+void Put(ByteWriter& w, const SwitchoverCheckMsg& v) {
+  w.U64(v.stream_bytes);
+  w.U8(static_cast<uint8_t>(v.nonce.size()));
+  w.Raw(v.nonce);
+}
 Status Get(ByteReader& r, SwitchoverCheckMsg& m) {
-  if (!r.U64(m.stream_bytes)) return Bad("switchover-check", "truncated");
+  uint8_t n = 0;
+  ByteSpan nonce;
+  if (!r.U64(m.stream_bytes) || !r.U8(n)) return Bad("switchover-check", "truncated");
+  if (n != 0 && n != kAttestNonceSize)
+    return Bad("switchover-check", "nonce must be empty or " + std::to_string(kAttestNonceSize) +
+                                       " bytes");
+  if (!r.Raw(n, nonce)) return Bad("switchover-check", "truncated nonce");
+  m.nonce.assign(nonce.begin(), nonce.end());
   return Status::Ok();
 }
 
-void Put(ByteWriter&, const SwitchoverOkMsg&) {}
-Status Get(ByteReader&, SwitchoverOkMsg&) { return Status::Ok(); }
+void Put(ByteWriter& w, const SwitchoverOkMsg& v) { w.Blob32(v.evidence); }
+Status Get(ByteReader& r, SwitchoverOkMsg& m) {
+  if (!ReadBytes32(r, m.evidence, kMaxEvidence))
+    return Bad("switchover-ok", "truncated or evidence too long");
+  return Status::Ok();
+}
 
 void Put(ByteWriter& w, const CommitAckMsg& v) {
   w.U64(v.resumed_unix_ms);
@@ -146,6 +169,23 @@ Status Get(ByteReader& r, OutcomeMsg& m) {
   return Status::Ok();
 }
 
+void Put(ByteWriter& w, const AttestChallengeMsg& v) { w.Raw(v.nonce); }
+Status Get(ByteReader& r, AttestChallengeMsg& m) {
+  if (!r.Raw(m.nonce.data(), m.nonce.size())) return Bad("attest-challenge", "truncated nonce");
+  return Status::Ok();
+}
+
+void Put(ByteWriter& w, const EvidenceMsg& v) { w.Blob32(v.evidence); }
+Status Get(ByteReader& r, EvidenceMsg& m) {
+  if (!ReadBytes32(r, m.evidence, kMaxEvidence))
+    return Bad("evidence", "truncated or evidence too long");
+  if (m.evidence.empty()) return Bad("evidence", "empty evidence");
+  return Status::Ok();
+}
+
+void Put(ByteWriter&, const AttestOkMsg&) {}
+Status Get(ByteReader&, AttestOkMsg&) { return Status::Ok(); }
+
 // Decodes the alternative of ControlMsg whose kType is `type`.
 template <size_t I = 0>
 Result<ControlMsg> DecodeAlternative(ControlType type, ByteReader& r) {
@@ -175,7 +215,8 @@ static_assert(TypesDistinctAndInOrder(), "ControlMsg alternatives must follow Co
 constexpr std::string_view kNames[] = {"invalid",         "hello",         "hello-ack",
                                        "offer",           "prepared",      "switchover-check",
                                        "switchover-ok",   "commit-ack",    "query-outcome",
-                                       "outcome"};
+                                       "outcome",         "attest-challenge", "evidence",
+                                       "attest-ok"};
 static_assert(std::size(kNames) == std::variant_size_v<ControlMsg> + 1);
 
 }  // namespace

@@ -26,6 +26,8 @@ inline constexpr uint16_t kMaxDataChannels = 16;
 inline constexpr size_t kMaxVmName = 64;
 inline constexpr size_t kMaxVmSpecJson = 32 * 1024;
 inline constexpr size_t kMaxVersionString = 128;
+inline constexpr size_t kAttestNonceSize = 32;
+inline constexpr size_t kMaxEvidence = 16 * 1024;  // an opaque attestation evidence blob
 
 using MigrationId = std::array<uint8_t, 16>;
 
@@ -40,6 +42,9 @@ enum class ControlType : uint16_t {
   kCommitAck = 7,        // destination -> source: resumed; destination's receipt signature
   kQueryOutcome = 8,     // source -> destination (recovery): what became of migration X?
   kOutcome = 9,          // destination -> source
+  kAttestChallenge = 10,  // both ways, right after the hello: a fresh nonce for the peer's quote
+  kEvidence = 11,         // both ways: evidence bound to the peer's nonce and this session
+  kAttestOk = 12,         // both ways: "your evidence verified" (a refusal is an Abort instead)
 };
 
 // Opens a session: the versions and suites the initiator speaks, and how many data channels it
@@ -85,14 +90,19 @@ struct PreparedMsg {
 };
 
 // The source VM is paused before switchover; `stream_bytes` of the migration stream were sent.
+// With attestation, `nonce` (kAttestNonceSize bytes, else empty) asks for fresh evidence.
 struct SwitchoverCheckMsg {
   static constexpr ControlType kType = ControlType::kSwitchoverCheck;
   uint64_t stream_bytes = 0;
+  Bytes nonce;
   bool operator==(const SwitchoverCheckMsg&) const = default;
 };
 
+// The destination is ready to switch over; `evidence` answers the check's nonce (empty when no
+// nonce was asked or the destination does not attest).
 struct SwitchoverOkMsg {
   static constexpr ControlType kType = ControlType::kSwitchoverOk;
+  Bytes evidence;  // <= kMaxEvidence, opaque here (attest/evidence.h)
   bool operator==(const SwitchoverOkMsg&) const = default;
 };
 
@@ -121,8 +131,28 @@ struct OutcomeMsg {
   bool operator==(const OutcomeMsg&) const = default;
 };
 
+// Mutual attestation (PROTOCOL.md, "Attestation"): each side sends a challenge, answers the
+// peer's with evidence, verifies the peer's evidence and says so with AttestOk, or aborts.
+struct AttestChallengeMsg {
+  static constexpr ControlType kType = ControlType::kAttestChallenge;
+  std::array<uint8_t, kAttestNonceSize> nonce{};
+  bool operator==(const AttestChallengeMsg&) const = default;
+};
+
+struct EvidenceMsg {
+  static constexpr ControlType kType = ControlType::kEvidence;
+  Bytes evidence;  // 1..kMaxEvidence bytes, opaque here (attest/evidence.h)
+  bool operator==(const EvidenceMsg&) const = default;
+};
+
+struct AttestOkMsg {
+  static constexpr ControlType kType = ControlType::kAttestOk;
+  bool operator==(const AttestOkMsg&) const = default;
+};
+
 using ControlMsg = std::variant<HelloMsg, HelloAckMsg, OfferMsg, PreparedMsg, SwitchoverCheckMsg,
-                                SwitchoverOkMsg, CommitAckMsg, QueryOutcomeMsg, OutcomeMsg>;
+                                SwitchoverOkMsg, CommitAckMsg, QueryOutcomeMsg, OutcomeMsg,
+                                AttestChallengeMsg, EvidenceMsg, AttestOkMsg>;
 
 Bytes EncodeControl(const ControlMsg& m);
 Result<ControlMsg> DecodeControl(ByteSpan payload);

@@ -1,7 +1,6 @@
 #include "migrate/migration.h"
 
 #include <fcntl.h>
-#include <openssl/rand.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "base/random.h"
 
 namespace sod {
 
@@ -33,8 +34,7 @@ Result<MigrationId> MigrationIdFromHex(std::string_view hex) {
 
 Result<MigrationId> NewMigrationId() {
   MigrationId id{};
-  if (RAND_bytes(id.data(), static_cast<int>(id.size())) != 1)
-    return Error(Errc::kCrypto, "RAND_bytes failed");
+  SOD_RETURN_IF_ERROR(RandomFill(id));
   return id;
 }
 

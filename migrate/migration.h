@@ -27,7 +27,7 @@ uint64_t UnixMillisNow();
 // Live progress of an outgoing migration, reported about twice a second and at every phase
 // change.
 struct MigrationProgress {
-  std::string phase;               // "streaming", "switchover", "completing", "commit", "done"
+  std::string phase;  // "attested", "streaming", "switchover", "completing", "commit", "done"
   uint32_t round = 0;              // QEMU's pre-copy pass (dirty-sync-count)
   uint64_t stream_bytes = 0;       // bytes of QEMU's stream sent so far
   uint64_t wire_bytes = 0;         // bytes on the data channels (records, with headers and tags)

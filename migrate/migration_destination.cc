@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "migrate/peer_attestation.h"
 #include "migrate/qmp.h"
 #include "migrate/session.h"
 #include "migrate/socket.h"
@@ -119,8 +120,8 @@ Status DestinationMigration::ReceiveUntilCommit() {
       }
       case RecordType::kControl: {
         SOD_ASSIGN_OR_RETURN(ControlMsg m, DecodeControl(rec->payload));
-        if (!std::holds_alternative<SwitchoverCheckMsg>(m) ||
-            sm_.state() != DestinationState::kReceiving)
+        const auto* check = std::get_if<SwitchoverCheckMsg>(&m);
+        if (!check || sm_.state() != DestinationState::kReceiving)
           return Error(Errc::kState, "unexpected " + std::string(ControlName(m)) + " in state " +
                                          std::string(Name(sm_.state())));
         SOD_RETURN_IF_ERROR(sink_->error());
@@ -129,7 +130,11 @@ Status DestinationMigration::ReceiveUntilCommit() {
         const std::string status = q.value("status", "");
         if (status != "active" && status != "setup")
           return Error(Errc::kIo, "incoming migration is " + status + ", not active");
-        SOD_RETURN_IF_ERROR(session_.SendControl(SwitchoverOkMsg{}));
+        SwitchoverOkMsg ok;
+        if (!check->nonce.empty() && ctx_.attestation) {
+          SOD_ASSIGN_OR_RETURN(ok.evidence, ctx_.attestation->EvidenceFor(session_, check->nonce));
+        }
+        SOD_RETURN_IF_ERROR(session_.SendControl(ok));
         Event(DestinationEvent::kSwitchoverApproved);
         continue;
       }
@@ -281,6 +286,15 @@ DestinationReport AnswerOutcomeQuery(Session& session, DestinationContext& ctx,
 }  // namespace
 
 DestinationReport ServeSession(Session& session, DestinationContext& ctx) {
+  if (ctx.attestation) {
+    Status a = ctx.attestation->AttestPeer(session);
+    if (!a.ok()) {
+      if (a.code() != Errc::kAborted) session.SendAbort(a);
+      DestinationReport r;
+      r.error = a;
+      return r;
+    }
+  }
   Result<ControlMsg> first = session.ReceiveControl();
   if (!first.ok()) {
     DestinationReport r;

@@ -23,6 +23,7 @@
 namespace sod {
 
 class HostSigner;
+class PeerAttestation;
 
 struct DestinationContext {
   std::string host_id;                // ours, as our certificate names it
@@ -35,6 +36,9 @@ struct DestinationContext {
   std::function<Status(const OfferMsg&, const VmSpec&, const std::string& peer_host)> admit;
   // For outcome queries: does the VM of this migration run here now? Empty: "no".
   std::function<bool(const MigrationId&)> vm_running;
+  // Mutual attestation, first thing on every session, and fresh evidence at the switchover check
+  // (peer_attestation.h). Null: unattested (mutual TLS only). Must outlive the session.
+  PeerAttestation* attestation = nullptr;
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);
 
   // Test seams (empty in production): called after the commit verified, just before "committed"

@@ -6,7 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/random.h"
 #include "migrate/control_inbox.h"
+#include "migrate/peer_attestation.h"
 #include "migrate/qmp.h"
 #include "migrate/session.h"
 #include "migrate/socket.h"
@@ -76,7 +78,7 @@ class SourceMigration {
   bool qemu_migrating_ = false;
   UniqueFd engine_fd_;
   std::unique_ptr<StreamPump> pump_;
-  json last_query_;
+  json last_query_ = json::object();  // the last query-migrate answer
   Receipt receipt_;
   Bytes source_signature_;
 };
@@ -157,12 +159,20 @@ Status SourceMigration::StartStream() {
 Status SourceMigration::Switchover() {
   Event(SourceEvent::kPausedForSwitchover);
   Report("switchover");
-  SOD_RETURN_IF_ERROR(session_.SendControl(SwitchoverCheckMsg{pump_->stream_bytes()}));
+  SwitchoverCheckMsg check{pump_->stream_bytes(), {}};
+  // Trust can drop mid-migration: the destination proves its state again, fresh.
+  if (opts_.attestation) {
+    SOD_ASSIGN_OR_RETURN(check.nonce, RandomBytes(kAttestNonceSize));
+  }
+  SOD_RETURN_IF_ERROR(session_.SendControl(check));
   SOD_ASSIGN_OR_RETURN(ControlMsg reply,
                        inbox_.Next(opts_.step_timeout, "answer to the switchover check"));
-  if (!std::holds_alternative<SwitchoverOkMsg>(reply))
+  const auto* ok = std::get_if<SwitchoverOkMsg>(&reply);
+  if (!ok)
     return Error(Errc::kState, "expected switchover-ok, got " + std::string(ControlName(reply)));
-  if (opts_.switchover_check) SOD_RETURN_IF_ERROR(opts_.switchover_check(session_));
+  if (opts_.attestation)
+    SOD_RETURN_IF_ERROR(opts_.attestation->VerifyPeerEvidence(session_, check.nonce, ok->evidence)
+                            .WithContext("switchover check"));
   return vm_.qmp().Execute("migrate-continue", {{"state", "pre-switchover"}}).status();
 }
 
@@ -287,7 +297,13 @@ void SourceMigration::Abort(const Status& why, bool tell_peer) {
 }
 
 SourceReport SourceMigration::Run() {
-  Status s = Offer();
+  // The hosts attest to each other before the VM is even named.
+  Status s = Status::Ok();
+  if (opts_.attestation) {
+    s = opts_.attestation->AttestPeer(session_);
+    if (s.ok()) Report("attested");
+  }
+  if (s.ok()) s = Offer();
   if (s.ok()) s = StartStream();
   if (s.ok()) s = StreamUntilCompleted();
   if (s.ok()) s = Commit();
@@ -361,7 +377,15 @@ SourceReport MigrateOut(Session& session, Vm& vm, const HostSigner& signer,
   return m.Run();
 }
 
-Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id) {
+Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id,
+                                     PeerAttestation* attestation) {
+  if (attestation) {
+    Status a = attestation->AttestPeer(session);
+    if (!a.ok()) {
+      if (a.code() != Errc::kAborted) session.SendAbort(a);
+      return a;
+    }
+  }
   SOD_RETURN_IF_ERROR(session.SendControl(QueryOutcomeMsg{id}));
   SOD_ASSIGN_OR_RETURN(ControlMsg reply, session.ReceiveControl());
   const auto* o = std::get_if<OutcomeMsg>(&reply);

@@ -22,6 +22,7 @@
 namespace sod {
 
 class HostSigner;
+class PeerAttestation;
 
 struct SourceOptions {
   std::string host_id;      // ours, as our certificate names it (goes into the receipt)
@@ -33,9 +34,10 @@ struct SourceOptions {
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);  // each peer answer
   // How long to wait for the answer to the commit before the migration is in doubt.
   std::chrono::milliseconds commit_timeout = std::chrono::seconds(30);
-  // Extra check of the destination while the VM is paused before switchover (attestation plugs
-  // in here). A non-OK result aborts the migration.
-  std::function<Status(Session&)> switchover_check;
+  // Mutual attestation before the offer and a fresh check of the destination while the VM is
+  // paused before switchover (peer_attestation.h). Null: unattested (mutual TLS only). Must
+  // outlive the migration.
+  PeerAttestation* attestation = nullptr;
   // Test seam (empty in production): may alter the receipt after it is built, before signing.
   std::function<void(Receipt&)> mutate_receipt_for_testing;
 };
@@ -66,6 +68,9 @@ SourceReport MigrateOut(Session& session, Vm& vm, const HostSigner& signer,
 // session: committed there -> quit here (kCommitted); never committed there -> resume here
 // (kAborted). Committed there but no longer running there: nothing is done and kState explains
 // (an operator must decide; resuming here could fork the VM's history).
-Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id);
+// With `attestation`, the hosts attest to each other first (the destination requires it when it
+// attests).
+Result<SourceOutcome> RecoverInDoubt(Session& session, Vm& vm, const MigrationId& id,
+                                     PeerAttestation* attestation = nullptr);
 
 }  // namespace sod

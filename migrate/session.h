@@ -62,6 +62,11 @@ class Session {
   const Bytes& peer_public_key_der() const { return control_->peer_public_key_der(); }
   const HelloAckMsg& negotiated() const { return negotiated_; }
   const SessionKeys& keys() const { return keys_; }
+  // An RFC 8446 exporter value of this session's TLS channel, empty context: both ends get the
+  // same bytes, no other session does (attestation binds its quotes to it). Safe from any thread.
+  Result<Bytes> ExportKeyingMaterial(std::string_view label, size_t length) const {
+    return control_->ExportKeyingMaterial(label, {}, length);
+  }
 
   // Control channel.
   Status SendControl(const ControlMsg& m);

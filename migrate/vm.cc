@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "base/bytes.h"
+#include "base/files.h"
 #include "migrate/qemu_process.h"
 
 extern char** environ;
@@ -146,20 +147,6 @@ std::vector<std::string> ProcCmdline(pid_t pid) {
 
 // ---- files -------------------------------------------------------------------------------------
 
-Status MakeDir0700(const std::string& dir) {
-  if (dir.empty()) return Error(Errc::kInvalidArgument, "empty run dir");
-  for (size_t pos = 1; pos <= dir.size(); ++pos) {
-    if (pos != dir.size() && dir[pos] != '/') continue;
-    std::string part = dir.substr(0, pos);
-    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
-      return Error(Errc::kIo, "cannot create " + part + ": " + ErrnoText(errno));
-    }
-  }
-  if (::chmod(dir.c_str(), 0700) != 0) {
-    return Error(Errc::kIo, "cannot chmod 0700 " + dir + ": " + ErrnoText(errno));
-  }
-  return Status::Ok();
-}
 
 off_t FileSize(const std::string& path) {
   struct stat st;
@@ -434,7 +421,7 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
                 "QMP socket path " + paths.qmp_socket + " is too long for a unix socket");
   }
   if (paths.memory_file.empty()) return fail(Errc::kInvalidArgument, "no memory file path");
-  SOD_RETURN_IF_ERROR(MakeDir0700(paths.dir).WithContext(what));
+  SOD_RETURN_IF_ERROR(MakePrivateDir(paths.dir).WithContext(what));
   ::unlink(paths.qmp_socket.c_str());  // a stale socket of an earlier QEMU
 
   // Guest RAM must never be readable by others: create the file ourselves, 0600, exclusively.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# sod demo: two sod hosts on this machine (loopback), a guest booted on host A, moved securely to
-# host B while it runs, with live progress, the signed receipt, and the guest alive on B.
+# sod demo: two sod hosts on this machine (loopback), each with a (simulated) TPM, enrolled and
+# attesting to each other; a guest booted on host A, moved securely to host B while it runs, with
+# live progress, the signed receipt, and the guest alive on B; then host A's trust drops and a move
+# back to it is refused.
 #
 #   ./scripts/demo.sh            (as root on Debian 12: installs what it needs, builds, runs)
 #
@@ -47,12 +49,19 @@ mkdir -p "$DEMO"
 sod_pki "$DEMO/pki" hosta hostb
 ls "$DEMO/pki"
 
-bold "3. two sodd hosts on loopback: hosta :$PORT_A, hostb :$PORT_B"
-# State dirs are $DEMO/hosta and $DEMO/hostb.
+bold "3. two sodd hosts on loopback: hosta :$PORT_A, hostb :$PORT_B, each with a TPM (swtpm)"
+# State dirs are $DEMO/hosta and $DEMO/hostb; both trust the records in $DEMO/enrollments.
 sod_start_host "$DEMO" hosta $PORT_A 20100-20199
 sod_start_host "$DEMO" hostb $PORT_B 20200-20299
 pids+=("${SOD_HOST_PID[hosta]}" "${SOD_HOST_PID[hostb]}")
 "$SODCTL" --state-dir "$DEMO/hosta" status
+
+bold "3b. enrollment: each host's attestation key and golden PCRs, vouched for by the operator"
+sod_enroll_hosts "$DEMO" hosta hostb
+"$SODCTL" host enrollments --dir "$DEMO/enrollments"
+echo
+echo "hosta attests hostb (TPM quotes both ways, bound to a fresh TLS session):"
+"$SODCTL" --state-dir "$DEMO/hosta" attest hostb:$PORT_B --connect 127.0.0.1
 
 bold "4. a guest on hosta (256 MiB, dirtying 64 MiB of memory at 16 MiB/s, heartbeat on its console)"
 sod_guest_spec "$DEMO/demo.json" demo 256 "sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16"
@@ -94,6 +103,15 @@ for k in ("migration_id", "vm_name", "source_host", "destination_host", "started
 PY
   echo "  audit log: $(wc -l <"$DEMO/host$h/audit.log") hash-chained entries; last: $(tail -1 "$DEMO/host$h/audit.log" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e["kind"], e["hash"][:16])')"
 done
+
+bold "8. hosta's trust drops (a runtime violation is counted into its TPM); moving back is refused"
+"$SODCTL" --state-dir "$DEMO/hosta" host violation --reason "demo: memory integrity violation"
+if "$SODCTL" --state-dir "$DEMO/hostb" migrate demo --to hosta:$PORT_A --connect 127.0.0.1; then
+  echo "UNEXPECTED: the migration to an untrusted host went through" >&2
+  exit 1
+fi
+echo "the VM stays on hostb: $("$SODCTL" --state-dir "$DEMO/hostb" vm list | grep demo)"
+echo "hostb's audit log says why: $(grep -a '"attestation.verdict"' "$DEMO/hostb/audit.log" | tail -1 | python3 -c 'import json,sys; e=json.load(sys.stdin); print("; ".join(e["data"]["reasons"]))')"
 
 if [ "${SOD_DEMO_KEEP:-0}" = 1 ]; then
   bold "left running (SOD_DEMO_KEEP=1)"

@@ -114,15 +114,24 @@ ControlMsg SampleOf(ControlType t) {
     case ControlType::kPrepared:
       return PreparedMsg{"7.2.22"};
     case ControlType::kSwitchoverCheck:
-      return SwitchoverCheckMsg{123456};
+      return SwitchoverCheckMsg{123456, Bytes(kAttestNonceSize, 0x5a)};
     case ControlType::kSwitchoverOk:
-      return SwitchoverOkMsg{};
+      return SwitchoverOkMsg{Bytes{1, 2, 3}};
     case ControlType::kCommitAck:
       return CommitAckMsg{1700000000000, Bytes(70, 0x30)};
     case ControlType::kQueryOutcome:
       return QueryOutcomeMsg{id};
     case ControlType::kOutcome:
       return OutcomeMsg{id, MigrationOutcome::kCommitted, true};
+    case ControlType::kAttestChallenge: {
+      AttestChallengeMsg c;
+      c.nonce.fill(0x42);
+      return c;
+    }
+    case ControlType::kEvidence:
+      return EvidenceMsg{Bytes(100, 0x17)};
+    case ControlType::kAttestOk:
+      return AttestOkMsg{};
     case ControlType::kInvalid:
       break;
   }
@@ -147,7 +156,7 @@ TEST_P(ControlRoundTripTest, EveryMessageRoundTripsAndRefusesTruncationAndTraili
   EXPECT_EQ(DecodeControl(b).status().code(), Errc::kMalformed) << "trailing byte";
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, ControlRoundTripTest, ::testing::Range<uint16_t>(1, 10));
+INSTANTIATE_TEST_SUITE_P(AllTypes, ControlRoundTripTest, ::testing::Range<uint16_t>(1, 13));
 
 TEST(ControlTest, MigrationMessagesGolden) {
   MigrationId id{};
@@ -158,7 +167,11 @@ TEST(ControlTest, MigrationMessagesGolden) {
   EXPECT_EQ(ToHex(EncodeControl(OutcomeMsg{id, MigrationOutcome::kAborted, false})),
             "0900" "aa000000000000000000000000000000" "02" "00");
   EXPECT_EQ(ToHex(EncodeControl(CommitAckMsg{1, {9, 8}})), "0700" "0100000000000000" "0200" "0908");
-  EXPECT_EQ(ToHex(EncodeControl(SwitchoverOkMsg{})), "0600");
+  EXPECT_EQ(ToHex(EncodeControl(SwitchoverOkMsg{})), "0600" "00000000");
+  EXPECT_EQ(ToHex(EncodeControl(SwitchoverOkMsg{{0xee}})), "0600" "01000000" "ee");
+  EXPECT_EQ(ToHex(EncodeControl(SwitchoverCheckMsg{0x10, {}})), "0500" "1000000000000000" "00");
+  EXPECT_EQ(ToHex(EncodeControl(EvidenceMsg{{1, 2}})), "0b00" "02000000" "0102");
+  EXPECT_EQ(ToHex(EncodeControl(AttestOkMsg{})), "0c00");
 }
 
 TEST(ControlTest, MigrationMessagesRefuseBadFields) {
@@ -182,6 +195,17 @@ TEST(ControlTest, MigrationMessagesRefuseBadFields) {
   EXPECT_EQ(code(b), Errc::kMalformed);
   Bytes ack = EncodeControl(CommitAckMsg{1, Bytes(kMaxSignature + 1, 1)});
   EXPECT_EQ(code(ack), Errc::kMalformed) << "signature above the maximum";
+}
+
+TEST(ControlTest, AttestationMessagesRefuseBadFields) {
+  auto code = [](Bytes b) { return DecodeControl(b).status().code(); };
+  EXPECT_EQ(code(EncodeControl(EvidenceMsg{})), Errc::kMalformed) << "empty evidence";
+  EXPECT_EQ(code(EncodeControl(EvidenceMsg{Bytes(kMaxEvidence + 1, 1)})), Errc::kMalformed);
+  EXPECT_TRUE(DecodeControl(EncodeControl(EvidenceMsg{Bytes(kMaxEvidence, 1)})).ok());
+  EXPECT_EQ(code(EncodeControl(SwitchoverOkMsg{Bytes(kMaxEvidence + 1, 1)})), Errc::kMalformed);
+  Bytes check = EncodeControl(SwitchoverCheckMsg{1, Bytes(kAttestNonceSize, 7)});
+  check[10] = 16;  // a nonce is empty or kAttestNonceSize bytes
+  EXPECT_EQ(code(check), Errc::kMalformed);
 }
 
 }  // namespace

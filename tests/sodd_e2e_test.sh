@@ -74,7 +74,7 @@ ctl() { "$SODCTL" --state-dir "$state" "$@"; }
 
 start_sodd() {
   "$SODD" --host-id "$host" --state-dir "$state" --listen 127.0.0.1:0 --tls-dir "$pki" \
-    --forward-ports 23000-23099 >> "$work/sodd.out" 2>&1 &
+    --forward-ports 23000-23099 --simulated-tpm >> "$work/sodd.out" 2>&1 &
   sodd_pid=$!
   for _ in $(seq 1 100); do
     ctl status > /dev/null 2>&1 && return 0
@@ -126,8 +126,12 @@ info "sodd up (pid $sodd_pid)"
 [ "$(stat -c %a "$state/sodd.sock")" = 600 ] || fail "admin socket mode is not 0600"
 [ "$(stat -c %a "$state")" = 700 ] || fail "state dir mode is not 0700"
 expect_rc 1 "a second sodd on the same state dir" \
-  timeout 10 "$SODD" --host-id "$host" --state-dir "$state" --listen 127.0.0.1:0 --tls-dir "$pki"
+  timeout 10 "$SODD" --host-id "$host" --state-dir "$state" --listen 127.0.0.1:0 --tls-dir "$pki" \
+  --simulated-tpm
 grep -q "another sodd" "$work/last.out" || fail "second sodd did not say why: $(cat "$work/last.out")"
+ctl host evidence >/dev/null || fail "the first sodd's TPM is gone after a second sodd was refused"
+expect_rc 2 "sodd without a TPM and without --no-attestation" \
+  timeout 10 "$SODD" --host-id "$host" --state-dir "$state" --listen 127.0.0.1:0 --tls-dir "$pki"
 
 echo '{"name": "bad", "kernel": "/k", "vcpu": 2}' > "$work/bad.json"
 expect_rc 1 "spec with an unknown key" ctl vm start "$work/bad.json"

@@ -72,6 +72,7 @@ migrate_and_kill() {  # what, victim-kind
 sod_pki "$W/pki" hosta hostb
 sod_start_host "$W" hosta $PORT_A 21100-21199 || exit 1
 sod_start_host "$W" hostb $PORT_B 21200-21299 || exit 1
+sod_enroll_hosts "$W" hosta hostb >/dev/null || { echo "enrollment failed"; exit 1; }
 sod_guest_spec "$W/guest.json" guest 256 "sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16"
 ctl hosta vm start "$W/guest.json" >/dev/null || { echo "vm start failed"; exit 1; }
 sod_wait_ready "$W/hosta/vms/guest/serial.log" || exit 1

@@ -30,6 +30,7 @@ int Run(int argc, char** argv) {
   sod::sodctl::AddVmCommands(app, sodd, action);
   sod::sodctl::AddStatusCommand(app, sodd, action);
   sod::sodctl::AddMigrateCommands(app, sodd, action);
+  sod::sodctl::AddHostCommands(app, sodd, action);
 
   try {
     app.parse(argc, argv);

@@ -36,6 +36,9 @@ void AddStatusCommand(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
 // sodctl migrate | recover
 void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
                         CommandAction& action);
+// sodctl host enrollment | enroll | unenroll | enrollments | evidence | violation; sodctl attest
+void AddHostCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
+                     CommandAction& action);
 // Exit status 3: the command could not reach sodd (no socket, nobody listening).
 inline constexpr int kExitUnreachable = 3;
 bool IsSoddUnreachable(const Status& status);

@@ -46,6 +46,10 @@ void PrintProgress(const json& e, bool tty) {
   }
   if (kind != "progress") return;
   const std::string phase = e.value("phase", "");
+  if (phase == "attested") {
+    std::cout << "attested: both hosts verified each other's TPM quote, bound to this session\n";
+    return;
+  }
   std::ostringstream line;
   line << std::fixed << std::setprecision(1) << std::setw(6) << e.value("elapsed_s", 0.0) << "s  "
        << std::left << std::setw(10) << phase << std::right << " round " << std::setw(3)
@@ -62,20 +66,7 @@ void PrintProgress(const json& e, bool tty) {
 
 Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   json req = {{"op", "migrate"}, {"name", a.name}, {"suite", a.suite}, {"verify_ram", !a.no_verify_ram}};
-  std::string host = a.to;
-  if (auto colon = a.to.rfind(':'); colon != std::string::npos) {
-    host = a.to.substr(0, colon);
-    unsigned long port = 0;
-    try {
-      port = std::stoul(a.to.substr(colon + 1));
-    } catch (...) {
-      port = 0;
-    }
-    if (port == 0 || port > 65535)
-      return Error(Errc::kInvalidArgument, "--to: expected HOST[:PORT], got " + a.to);
-    req["port"] = port;
-  }
-  req["to"] = host;
+  SOD_RETURN_IF_ERROR(AddHostPort(req, a.to, "--to"));
   if (!a.connect.empty()) req["connect"] = a.connect;
   if (a.channels) req["channels"] = a.channels;
   if (a.max_bandwidth_mib) req["max_bandwidth"] = a.max_bandwidth_mib << 20;
@@ -97,7 +88,7 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
     return Status::Ok();
   }
   const json& s = (*reply)["summary"];
-  std::cout << std::fixed << std::setprecision(2) << "migrated " << a.name << " to " << host
+  std::cout << std::fixed << std::setprecision(2) << "migrated " << a.name << " to " << req["to"].get<std::string>()
             << ": committed\n"
             << "  total time    " << s.value("total_s", 0.0) << " s\n"
             << "  downtime      " << s.value("downtime_ms", 0.0) << " ms (source stop -> "

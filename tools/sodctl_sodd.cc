@@ -72,3 +72,28 @@ std::string Text(const json& v) {
 }
 
 }  // namespace sod::sodctl
+
+namespace sod::sodctl {
+
+Status AddHostPort(json& request, const std::string& host_port, std::string_view what) {
+  std::string host = host_port;
+  if (auto colon = host_port.rfind(':'); colon != std::string::npos) {
+    host = host_port.substr(0, colon);
+    unsigned long port = 0;
+    try {
+      port = std::stoul(host_port.substr(colon + 1));
+    } catch (...) {
+      port = 0;
+    }
+    if (port == 0 || port > 65535)
+      return Error(Errc::kInvalidArgument,
+                   std::string(what) + ": expected HOST[:PORT], got " + host_port);
+    request["port"] = port;
+  }
+  if (host.empty())
+    return Error(Errc::kInvalidArgument, std::string(what) + ": expected HOST[:PORT], got " + host_port);
+  request["to"] = host;
+  return Status::Ok();
+}
+
+}  // namespace sod::sodctl

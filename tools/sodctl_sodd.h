@@ -25,6 +25,10 @@ struct SoddTarget {
 Result<nlohmann::json> CallSodd(const SoddTarget& target, const nlohmann::json& request,
                                 const std::function<void(const nlohmann::json&)>& on_event = {});
 
+// Sets request["to"] (and ["port"] when given) from "HOST[:PORT]"; `what` names the option in
+// the error.
+Status AddHostPort(nlohmann::json& request, const std::string& host_port, std::string_view what);
+
 // Prints `rows` as left-aligned columns separated by two spaces; rows[0] is the header.
 void PrintTable(const std::vector<std::vector<std::string>>& rows);
 // Pretty-printed JSON for --json.

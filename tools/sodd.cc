@@ -3,6 +3,8 @@
 //   sodd --host-id ID --state-dir DIR --listen 127.0.0.1:PORT --tls-dir DIR
 //        [--admin-socket PATH] [--forward-ports 20000-20999] [--qemu BINARY]
 //        [--data-channels N] [--io auto|uring|posix] [--max-incoming N] [-v]
+//        (--tpm TCTI | --simulated-tpm | --no-attestation) [--enrollments DIR]
+//        [--architecture NAME] [--max-violations N]
 //
 // Logs to stderr and <state dir>/sodd.log; writes <state dir>/sodd.pid (locked while sodd runs).
 // SIGTERM / SIGINT stop sodd cleanly; VMs keep running and are re-adopted by the next sodd.
@@ -15,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "host/attestation_service.h"
 #include "host/forward_ports.h"
 #include "host/host_daemon.h"
 #include "host/migration_service.h"
@@ -76,6 +79,9 @@ int Run(int argc, char** argv) {
   std::string ports = sod::PortRangeToString(config.forward_ports);
   std::string io = "auto";
   bool verbose = false;
+  sod::HostAttestationConfig attestation;
+  std::string tcti;
+  bool simulated_tpm = false, no_attestation = false;
   app.add_option("--host-id", config.host_id,
                  "This host's id; TLS-DIR/ID.crt and TLS-DIR/ID.key must name it")
       ->required()
@@ -114,6 +120,30 @@ int Run(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64))
       ->type_name("N");
+  auto* tpm_opt = app.add_option("--tpm", tcti,
+                                  "This host's TPM 2.0 as a tpm2-tss TCTI, e.g. device:/dev/tpmrm0")
+                      ->type_name("TCTI");
+  auto* sim_opt = app.add_flag(
+      "--simulated-tpm", simulated_tpm,
+      "Run a swtpm as this host's TPM (state in STATE-DIR/tpm; a simulated measured boot is "
+      "extended into its PCRs at every start) - for tests and demos");
+  auto* off_opt = app.add_flag("--no-attestation", no_attestation,
+                               "Run without attestation: peers are trusted on their certificate "
+                               "alone (hosts that attest refuse this one)");
+  tpm_opt->excludes(sim_opt)->excludes(off_opt);
+  sim_opt->excludes(off_opt);
+  app.add_option("--enrollments", attestation.enrollments_dir,
+                 "Directory of enrollment records of the hosts this one trusts "
+                 "[default: STATE-DIR/enrollments] (see 'sodctl host enroll')")
+      ->type_name("DIR");
+  app.add_option("--architecture", attestation.architecture,
+                 "This host's architecture: a row of the capability table")
+      ->capture_default_str()
+      ->type_name("NAME");
+  app.add_option("--max-violations", attestation.policy.max_violations,
+                 "Runtime violations a peer may report and still be trusted")
+      ->capture_default_str()
+      ->type_name("N");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
   app.footer(
       "Signals: SIGTERM or SIGINT stop sodd; VMs keep running and the next sodd re-adopts them.\n"
@@ -138,6 +168,15 @@ int Run(int argc, char** argv) {
     return kExitUsage;
   }
   config.forward_ports = *range;
+  if (!tpm_opt->count() && !simulated_tpm && !no_attestation) {
+    std::cerr << "sodd: attestation needs a TPM: give --tpm TCTI or --simulated-tpm "
+                 "(or --no-attestation to run without)\n";
+    return kExitUsage;
+  }
+  attestation.tpm = tpm_opt->count() ? sod::HostAttestationConfig::Tpm::kDevice
+                    : simulated_tpm  ? sod::HostAttestationConfig::Tpm::kSimulated
+                                     : sod::HostAttestationConfig::Tpm::kNone;
+  attestation.tcti = tcti;
   config.io = io == "uring"   ? sod::IoBackend::kUring
               : io == "posix" ? sod::IoBackend::kPosix
                               : sod::IoBackend::kAuto;
@@ -187,6 +226,20 @@ int Run(int argc, char** argv) {
     log->error("cannot start the migration engine: {}", migrations.status().ToString());
     return kExitError;
   }
+  if (attestation.enrollments_dir.empty())
+    attestation.enrollments_dir = config.state_dir + "/enrollments";
+  auto attest = sod::AttestationService::Create(d, attestation);
+  if (!attest.ok()) {
+    log->error("cannot start attestation: {}", attest.status().ToString());
+    return kExitError;
+  }
+  (*attest)->Install();
+  if ((*attest)->peer_attestation()) {
+    log->info("attestation on: {}", (*attest)->Info().dump());
+  } else {
+    log->warn("attestation OFF (--no-attestation): peers are trusted on their certificate alone");
+  }
+  (*migrations)->set_attestation((*attest)->peer_attestation());
   (*migrations)->Install();
   if (sod::Status s = d.Start(); !s.ok()) {
     log->error("cannot start: {}", s.ToString());

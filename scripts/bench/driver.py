@@ -482,7 +482,8 @@ def _sod_binaries():
 
 class _SodHosts:
     """Two sodd hosts on loopback for the whole bench invocation (hosta -> hostb), each with a
-    one-port forward range, so the guest service's port on both hosts is known in advance."""
+    one-port forward range, so the guest service's port on both hosts is known in advance. Both
+    attest (simulated TPMs, enrolled in a shared directory), as in production."""
 
     def __init__(self, cfg):
         self.sodd, self.sodctl = _sod_binaries()
@@ -498,18 +499,26 @@ class _SodHosts:
         for h in ("hosta", "hostb"):
             subprocess.run([self.sodctl, "pki", "issue", "--dir", pki, "--host", h], check=True,
                            capture_output=True)
+        enrollments = os.path.join(self.dir, "enrollments")
         for h in ("hosta", "hostb"):
             err = open(os.path.join(self.dir, f"sodd-{h}.err"), "a")
             self.procs[h] = subprocess.Popen(
                 [self.sodd, "--host-id", h, "--state-dir", self.state(h), "--listen",
                  f"127.0.0.1:{self.ports[h]}", "--tls-dir", pki, "--forward-ports",
-                 f"{self.fwd[h]}-{self.fwd[h]}", "--qemu", cfg.qemu],
+                 f"{self.fwd[h]}-{self.fwd[h]}", "--qemu", cfg.qemu, "--simulated-tpm",
+                 "--enrollments", enrollments],
                 stdout=err, stderr=err, start_new_session=True)
             deadline = time.monotonic() + 15
             while subprocess.run(self.ctl(h, "status"), capture_output=True).returncode != 0:
                 if time.monotonic() > deadline or self.procs[h].poll() is not None:
                     raise RuntimeError(f"sodd {h} did not start (see {err.name})")
                 time.sleep(0.1)
+        for h in ("hosta", "hostb"):
+            record = os.path.join(self.dir, f"{h}.enrollment.json")
+            subprocess.run(self.ctl(h, "host", "enrollment", "--out", record), check=True,
+                           capture_output=True)
+            subprocess.run([self.sodctl, "host", "enroll", record, "--dir", enrollments],
+                           check=True, capture_output=True)
 
     def state(self, h):
         return os.path.join(self.dir, h)

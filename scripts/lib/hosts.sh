@@ -1,6 +1,10 @@
 # Local sod hosts for the demo and the daemon-level tests. Sourced; expects SODD, SODCTL, GUEST.
 #   sod_pki DIR HOST...                 cluster CA + host identities
-#   sod_start_host DIR ID PORT FWD_RANGE  starts sodd (pid in SOD_HOST_PID[ID]), waits for its socket
+#   sod_start_host DIR ID PORT FWD_RANGE  starts sodd (pid in SOD_HOST_PID[ID]), waits for its socket;
+#                                       each host attests with a simulated TPM (swtpm) and trusts
+#                                       the records in DIR/enrollments (SOD_NO_ATTEST=1: sodd
+#                                       --no-attestation; SOD_SODD_ARGS: more sodd options)
+#   sod_enroll_hosts DIR ID...          every host's enrollment record into DIR/enrollments
 #   sod_guest_spec FILE NAME MEM EXTRA  a VM spec for the test guest
 #   sod_wait_ready SERIAL [TIMEOUT_S]   waits for SOD-READY on a guest console
 #   sod_last_hb SERIAL                  last heartbeat counter (or -1)
@@ -14,8 +18,12 @@ sod_pki() {
 
 sod_start_host() {
   local root=$1 id=$2 port=$3 fwd=$4
+  local attest=(--simulated-tpm --enrollments "$root/enrollments")
+  [ "${SOD_NO_ATTEST:-0}" = 1 ] && attest=(--no-attestation)
+  # shellcheck disable=SC2086
   "$SODD" --host-id "$id" --state-dir "$root/$id" --listen "127.0.0.1:$port" \
-    --tls-dir "$root/pki" --forward-ports "$fwd" 2>>"$root/sodd-$id.err" &
+    --tls-dir "$root/pki" --forward-ports "$fwd" "${attest[@]}" ${SOD_SODD_ARGS:-} \
+    2>>"$root/sodd-$id.err" &
   SOD_HOST_PID[$id]=$!
   for _ in $(seq 150); do
     "$SODCTL" --state-dir "$root/$id" status >/dev/null 2>&1 && return 0
@@ -24,6 +32,14 @@ sod_start_host() {
   echo "sodd $id did not start:" >&2
   cat "$root/sodd-$id.err" >&2
   return 1
+}
+
+sod_enroll_hosts() {
+  local root=$1; shift
+  for h in "$@"; do
+    "$SODCTL" --state-dir "$root/$h" host enrollment --out "$root/$h.enrollment.json" >/dev/null
+    "$SODCTL" host enroll "$root/$h.enrollment.json" --dir "$root/enrollments"
+  done
 }
 
 sod_guest_spec() {
