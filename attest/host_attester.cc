@@ -6,16 +6,11 @@
 #include <fstream>
 
 #include "base/files.h"
+#include "migrate/migration.h"
 
 namespace sod::attest {
 
 namespace {
-
-uint64_t NowUnixMs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 Status WriteCount(const std::filesystem::path& f, uint32_t count) {
   return WriteFileAtomically(f.string(), std::to_string(count) + "\n");
@@ -71,7 +66,7 @@ Result<Evidence> HostAttester::Produce(ByteSpan peer_nonce, ByteSpan session_bin
   e.capability_row = identity_.capability_row;
   SOD_ASSIGN_OR_RETURN(TpmQuote quote, monitor_.WithCount([&](uint32_t count) {
     e.violation_count = count;
-    e.timestamp_unix_ms = NowUnixMs();
+    e.timestamp_unix_ms = UnixMillisNow();
     return tpm_.Quote(QualifyingData(peer_nonce, session_binding, ClaimsDigest(e)), selection_);
   }));
   e.pcrs = std::move(quote.pcrs);

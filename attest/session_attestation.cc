@@ -3,17 +3,12 @@
 #include <chrono>
 
 #include "base/random.h"
+#include "migrate/migration.h"
 #include "migrate/session.h"
 
 namespace sod::attest {
 
 namespace {
-
-uint64_t NowUnixMs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 std::string JoinReasons(const std::vector<std::string>& reasons) {
   std::string s;
@@ -65,7 +60,7 @@ Verdict SessionAttestation::Check(Session& session, ByteSpan nonce, ByteSpan bin
     x.peer_host_id = session.peer_host_id();
     x.nonce.assign(nonce.begin(), nonce.end());
     x.session_binding.assign(binding.begin(), binding.end());
-    x.now_unix_ms = NowUnixMs();
+    x.now_unix_ms = UnixMillisNow();
     Status loaded = enrollments_.With(
         [&](const EnrollmentStore& store) { v = Verify(*e, x, store, policy_); });
     if (!loaded.ok()) {

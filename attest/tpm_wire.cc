@@ -22,10 +22,6 @@
 namespace sod::attest {
 namespace {
 
-using PkeyPtr = OpensslPtr<EVP_PKEY, EVP_PKEY_free>;
-using PkeyCtxPtr = OpensslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using MdCtxPtr = OpensslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
-using BnPtr = OpensslPtr<BIGNUM, BN_free>;
 using EcdsaSigPtr = OpensslPtr<ECDSA_SIG, ECDSA_SIG_free>;
 using ParamBldPtr = OpensslPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
 using ParamPtr = OpensslPtr<OSSL_PARAM, OSSL_PARAM_free>;

@@ -4,6 +4,12 @@
 //   PkeyPtr key(EVP_PKEY_new());
 #pragma once
 
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <memory>
 
 namespace sod {
@@ -15,5 +21,13 @@ struct OpensslDeleter {
 
 template <typename T, void (*Free)(T*)>
 using OpensslPtr = std::unique_ptr<T, OpensslDeleter<T, Free>>;
+
+// The ones several files use.
+using PkeyPtr = OpensslPtr<EVP_PKEY, EVP_PKEY_free>;
+using PkeyCtxPtr = OpensslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using MdCtxPtr = OpensslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using BioPtr = OpensslPtr<BIO, BIO_free_all>;
+using BnPtr = OpensslPtr<BIGNUM, BN_free>;
+using X509Ptr = OpensslPtr<X509, X509_free>;
 
 }  // namespace sod

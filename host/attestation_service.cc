@@ -8,18 +8,13 @@
 #include "attest/swtpm.h"
 #include "host/admin_ops.h"
 #include "host/state_dir.h"
+#include "migrate/migration.h"
 
 namespace sod {
 
 using nlohmann::json;
 
 namespace {
-
-uint64_t NowUnixMs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 Status Off() {
   return Error(Errc::kUnsupported,
@@ -117,7 +112,7 @@ Result<json> AttestationService::Enrollment() {
   const auto idx = pcrs.selection.Indices();
   for (size_t i = 0; i < idx.size() && i < pcrs.values.size(); ++i)
     r.golden_pcrs[idx[i]] = pcrs.values[i];
-  r.enrolled_unix_ms = NowUnixMs();
+  r.enrolled_unix_ms = UnixMillisNow();
   return json{{"record", attest::EnrollmentToJson(r)}};
 }
 

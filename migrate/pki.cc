@@ -1,4 +1,5 @@
 #include "base/openssl_errors.h"
+#include "base/openssl_ptr.h"
 #include "migrate/pki.h"
 
 #include <fcntl.h>
@@ -26,20 +27,9 @@
 namespace sod {
 namespace {
 
-template <typename T, void (*F)(T*)>
-struct OsslDeleter {
-  void operator()(T* p) const { F(p); }
-};
-template <typename T, void (*F)(T*)>
-using OsslPtr = std::unique_ptr<T, OsslDeleter<T, F>>;
-
-using PkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
-using X509Ptr = OsslPtr<X509, X509_free>;
-using X509NamePtr = OsslPtr<X509_NAME, X509_NAME_free>;
-using X509ExtPtr = OsslPtr<X509_EXTENSION, X509_EXTENSION_free>;
-using BioPtr = OsslPtr<BIO, BIO_free_all>;
-using BnPtr = OsslPtr<BIGNUM, BN_free>;
-using Asn1IntPtr = OsslPtr<ASN1_INTEGER, ASN1_INTEGER_free>;
+using X509NamePtr = OpensslPtr<X509_NAME, X509_NAME_free>;
+using X509ExtPtr = OpensslPtr<X509_EXTENSION, X509_EXTENSION_free>;
+using Asn1IntPtr = OpensslPtr<ASN1_INTEGER, ASN1_INTEGER_free>;
 
 constexpr size_t kMaxHostIdLength = 64;
 constexpr long kClockSkewSlackSeconds = 5 * 60;

@@ -1,4 +1,5 @@
 #include "base/openssl_errors.h"
+#include "base/openssl_ptr.h"
 #include "migrate/receipt.h"
 
 #include <openssl/bio.h>
@@ -21,16 +22,6 @@
 
 namespace sod {
 namespace {
-
-template <typename T, void (*F)(T*)>
-struct OsslDeleter {
-  void operator()(T* p) const { F(p); }
-};
-template <typename T, void (*F)(T*)>
-using OsslPtr = std::unique_ptr<T, OsslDeleter<T, F>>;
-using PkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
-using MdCtxPtr = OsslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
-using BioPtr = OsslPtr<BIO, BIO_free_all>;
 
 constexpr std::string_view kSignatureMismatch = "receipt signature does not verify";
 

@@ -305,32 +305,9 @@ json VmSpecToJson(const VmSpec& s) {
 }
 
 Result<VmSpec> LoadVmSpec(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo,
-                 "vm spec " + path + ": " + ErrnoText(err));
-  }
-  std::string text;
-  char buf[8192];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      return Error(Errc::kIo, "vm spec " + path + ": read: " + ErrnoText(err));
-    }
-    if (n == 0) break;
-    text.append(buf, static_cast<size_t>(n));
-    if (text.size() > kMaxVmSpecFileBytes) {
-      ::close(fd);
-      return Error(Errc::kTooLarge, "vm spec " + path + ": larger than " +
-                                        std::to_string(kMaxVmSpecFileBytes) + " bytes");
-    }
-  }
-  ::close(fd);
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  Result<std::string> text = ReadSmallFile(path, kMaxVmSpecFileBytes);
+  if (!text.ok()) return text.status().WithContext("vm spec");
+  json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Error(Errc::kMalformed, "vm spec " + path + ": not valid JSON");
   Result<VmSpec> spec = VmSpecFromJson(j);
   if (!spec.ok()) return spec.status().WithContext(path);
