@@ -22,6 +22,7 @@
 #include <thread>
 #include <utility>
 
+#include "base/child_process.h"
 #include "migrate/spawn_setup.h"
 
 extern char** environ;
@@ -358,16 +359,7 @@ Result<std::unique_ptr<SimulatedTpm>> SimulatedTpm::Start(const std::string& sta
 
 SimulatedTpm::~SimulatedTpm() { (void)Stop(); }
 
-bool SimulatedTpm::TryReap() {
-  if (reaped_) return true;
-  int st = 0;
-  pid_t r;
-  do {
-    r = ::waitpid(pid_, &st, WNOHANG);
-  } while (r < 0 && errno == EINTR);
-  if (r == pid_ || (r < 0 && errno == ECHILD)) reaped_ = true;
-  return reaped_;
-}
+bool SimulatedTpm::TryReap() { return TryReapChild(pid_, reaped_); }
 
 bool SimulatedTpm::Running() { return !TryReap(); }
 
@@ -375,28 +367,7 @@ Status SimulatedTpm::Stop(milliseconds grace) {
   if (TryReap()) return Status::Ok();
   std::error_code ec;
   std::filesystem::remove(state_dir_ + "/swtpm.pid", ec);
-  if (::kill(pid_, SIGTERM) != 0 && errno != ESRCH)
-    return Error(Errc::kIo, "swtpm pid " + std::to_string(pid_) + ": kill: " + ErrnoText(errno));
-  const auto deadline = Clock::now() + grace;
-  auto nap = milliseconds(1);
-  while (!TryReap()) {
-    if (Clock::now() >= deadline) {
-      ::kill(pid_, SIGKILL);
-      int st;
-      pid_t r;
-      do {
-        r = ::waitpid(pid_, &st, 0);
-      } while (r < 0 && errno == EINTR);
-      if (r < 0 && errno != ECHILD)
-        return Error(Errc::kIo,
-                     "swtpm pid " + std::to_string(pid_) + ": waitpid: " + ErrnoText(errno));
-      reaped_ = true;
-      break;
-    }
-    std::this_thread::sleep_for(nap);
-    nap = std::min(nap * 2, milliseconds(20));
-  }
-  return Status::Ok();
+  return StopChild(pid_, reaped_, grace, "swtpm");
 }
 
 // -----------------------------------------------------------------------------------------------

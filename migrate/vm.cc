@@ -362,6 +362,11 @@ std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
     }
     a.insert(a.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"});
   }
+  if (!paths.tpm_socket.empty()) {
+    a.insert(a.end(), {"-chardev", "socket,id=chrtpm,path=" + QemuEscape(paths.tpm_socket),
+                       "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device",
+                       "tpm-tis,tpmdev=tpm0"});
+  }
   if (mode == VmLaunchMode::kIncoming) a.insert(a.end(), {"-incoming", "defer", "-S"});
   return a;
 }
@@ -396,6 +401,10 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
   if (paths.qmp_socket.size() >= sizeof(sockaddr_un::sun_path)) {
     return fail(Errc::kInvalidArgument,
                 "QMP socket path " + paths.qmp_socket + " is too long for a unix socket");
+  }
+  if (paths.tpm_socket.size() >= sizeof(sockaddr_un::sun_path)) {
+    return fail(Errc::kInvalidArgument,
+                "vTPM socket path " + paths.tpm_socket + " is too long for a unix socket");
   }
   if (paths.memory_file.empty()) return fail(Errc::kInvalidArgument, "no memory file path");
   SOD_RETURN_IF_ERROR(MakePrivateDir(paths.dir).WithContext(what));

@@ -73,6 +73,9 @@ struct VmPaths {
   std::string qemu_log;     // <dir>/qemu.log: QEMU's stdout and stderr (appended)
   std::string memory_file;  // guest RAM: memory-backend-file,share=on (under /dev/shm)
   uint16_t host_port = 0;   // 127.0.0.1:host_port -> guest_port (when guest_port != 0)
+  // vTPM: the control socket of this VM's swtpm (vtpm/vm_tpm.h), attached as a TPM 2.0
+  // tpm-tis device through QEMU's tpm-emulator backend. "" = no TPM. Not set by MakeVmPaths.
+  std::string tpm_socket;
 };
 
 // The standard layout below `dir`; memory file /dev/shm/sod-<host_id>-<vm name>-<16 random hex>.
@@ -90,6 +93,8 @@ enum class VmLaunchMode {
 // produce the same device configuration, which is what migration needs; only the host-local paths
 // and the forwarded host port differ. Network (user-net, restrict=on, virtio-net-pci) only when
 // spec.guest_port != 0, with a host forward when paths.host_port != 0.
+// When paths.tpm_socket is set, a TPM (-chardev socket, -tpmdev emulator, -device tpm-tis) comes
+// last before the incoming options; both sides of a migration must then have one.
 std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths, VmLaunchMode mode);
 
 // A QEMU process that sod started (or adopted after a sodd restart) plus its QMP connection.

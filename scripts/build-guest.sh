@@ -8,8 +8,9 @@
 #   vmlinuz        the kernel of Debian's linux-image-<abi>-amd64 package (downloaded with
 #                  apt-get download and unpacked with dpkg-deb -x; never installed)
 #   initrd.img     gzip'ed newc cpio: busybox-static, the static helpers built from tools/guest/*.c
-#                  (sod-heartbeat, sod-dirty, sod-pattern), the NIC driver modules with their
-#                  dependencies (virtio-net, e1000), and /init (settings from sod.* kernel parameters)
+#                  (sod-heartbeat, sod-dirty, sod-pattern, sod-tpm), the NIC driver modules with their
+#                  dependencies (virtio-net, e1000), the TPM driver modules when the kernel has them
+#                  as modules, and /init (settings from sod.* kernel parameters)
 #   cmdline        the base kernel command line the run scripts use (console=ttyS0, quiet, ...)
 #   manifest       what went in (kernel package and version, busybox version, cache key, date)
 #   key            the cache key: sha256 over this script, the helper sources, the kernel package
@@ -216,6 +217,10 @@ resolve() {
 resolve virtio_net "$rootfs/etc/sod/modules.virtio_net"
 : > "$rootfs/etc/sod/modules.e1000"; resolve e1000 "$rootfs/etc/sod/modules.e1000"
 log "modules: virtio_net: $(tr '\n' ' ' < "$rootfs/etc/sod/modules.virtio_net")| e1000: $(tr '\n' ' ' < "$rootfs/etc/sod/modules.e1000")"
+# vTPM (sod.tpm=1): the TPM 2.0 drivers for QEMU's tpm-tis / tpm-crb; built into Debian's kernel,
+# where resolve lists nothing and /dev/tpm0 appears without insmod.
+: > "$rootfs/etc/sod/modules.tpm"
+for m in tpm tpm_tis_core tpm_tis tpm_crb; do resolve "$m" "$rootfs/etc/sod/modules.tpm"; done
 
 # ---- /init --------------------------------------------------------------------------------------
 cat > "$rootfs/init" <<'INIT'
@@ -234,6 +239,10 @@ cat > "$rootfs/init" <<'INIT'
 #   sod.pattern_seed=1     sod.pattern_interval=2 (seconds between verifications)
 #   sod.shell=0            1 = interactive shell on the console (for humans)
 #   sod.ready_timeout=120  seconds to wait for the helpers to be set up before SOD-READY anyway
+#   sod.tpm=0              1 = load the TPM drivers and wait for /dev/tpm0 ("SOD-TPM-DEV <state>")
+#   sod.tpm_extend=        64 hex: sod-tpm extend 16 <hex> at boot (needs sod.tpm=1)
+#   sod.tpm_ms=0           sod-tpm loop every N ms: extend PCR 16 with sod.tpm_digest, increment
+#   sod.tpm_digest=        an NV counter, print "SOD-TPMLOOP <seq> pcr16=<hex> nv=<n>" (0 = off)
 # Prints "SOD-READY ..." once everything is started (memory areas filled, TCP service listening);
 # never exits.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -245,6 +254,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 SOD_hb=1 SOD_hb_ms=100 SOD_net=1 SOD_port=7777 SOD_ip=10.0.2.15/24 SOD_gw=10.0.2.2
 SOD_dirty_mb=0 SOD_dirty_rate=max SOD_dirty_seed='' SOD_dirty_stats=0 SOD_dirty_verify=0
 SOD_pattern_mb=0 SOD_pattern_seed=1 SOD_pattern_interval=2 SOD_shell=0 SOD_ready_timeout=120
+SOD_tpm=0 SOD_tpm_extend='' SOD_tpm_ms=0 SOD_tpm_digest=''
 set -f # no globbing of kernel parameters
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -290,6 +300,23 @@ if [ "$SOD_net" = 1 ]; then
     fi
   else
     echo "SOD-WARN sod.net=1 but no virtio-net or e1000 NIC found"
+  fi
+fi
+
+if [ "$SOD_tpm" = 1 ]; then
+  for m in $(cat /etc/sod/modules.tpm); do insmod /lib/modules/$m.ko 2>/dev/null; done
+  i=0
+  while [ ! -c /dev/tpm0 ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
+  if [ -c /dev/tpm0 ]; then
+    echo "SOD-TPM-DEV ok"
+    if [ -n "$SOD_tpm_extend" ]; then sod-tpm extend 16 "$SOD_tpm_extend"; else sod-tpm read 16; fi
+    if [ "$SOD_tpm_ms" != 0 ]; then
+      set -- -i "$SOD_tpm_ms"
+      [ -n "$SOD_tpm_digest" ] && set -- "$@" -d "$SOD_tpm_digest"
+      sod-tpm loop "$@" &
+    fi
+  else
+    echo "SOD-TPM-DEV missing"
   fi
 fi
 
@@ -393,6 +420,7 @@ pvh_vmlinux=$([ "$have_vmlinux" = 1 ] && echo yes || echo no)
 helpers=${helpers[*]}
 modules_virtio_net=$(tr '\n' ' ' < "$rootfs/etc/sod/modules.virtio_net")
 modules_e1000=$(tr '\n' ' ' < "$rootfs/etc/sod/modules.e1000")
+modules_tpm=$(tr '\n' ' ' < "$rootfs/etc/sod/modules.tpm")
 key=$key
 built=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
