@@ -1,6 +1,8 @@
 #include "attest/session_attestation.h"
 
+#include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "base/random.h"
 #include "migrate/migration.h"
@@ -31,13 +33,27 @@ Result<T> Expect(Session& session, std::string_view what) {
 
 Status EnrollmentDirectory::With(const std::function<void(const EnrollmentStore&)>& f) {
   std::lock_guard lock(mu_);
+  // What the directory looks like now: every entry's name, size and modification time.
   std::error_code ec;
-  auto mtime = std::filesystem::last_write_time(dir_, ec);
+  std::string signature;
+  std::filesystem::directory_iterator it(dir_, ec);
   if (ec) return Error(Errc::kNotFound, "enrollment directory " + dir_.string() + ": " + ec.message());
-  if (!loaded_ || mtime != loaded_mtime_) {
+  std::vector<std::string> entries;
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (ec) break;
+    std::error_code e2;
+    const auto size = it->is_regular_file(e2) ? it->file_size(e2) : 0;
+    const auto mtime = it->last_write_time(e2).time_since_epoch().count();
+    entries.push_back(it->path().filename().string() + "\n" + std::to_string(size) + "\n" +
+                      std::to_string(mtime));
+  }
+  if (ec) return Error(Errc::kIo, "enrollment directory " + dir_.string() + ": " + ec.message());
+  std::sort(entries.begin(), entries.end());
+  for (const auto& e : entries) signature += e + "\n";
+  if (!loaded_ || signature != loaded_signature_) {
     SOD_ASSIGN_OR_RETURN(EnrollmentStore s, EnrollmentStore::Load(dir_));
     store_ = std::move(s);
-    loaded_mtime_ = mtime;
+    loaded_signature_ = std::move(signature);
     loaded_ = true;
   }
   f(store_);

@@ -32,8 +32,9 @@ namespace sod::attest {
 inline constexpr std::string_view kAttestExporterLabel = "EXPORTER-sod-attest";
 inline constexpr size_t kAttestBindingSize = 32;
 
-// Enrollment records from a directory, reloaded when the directory changes (operators add and
-// remove records while sodd runs). Thread-safe.
+// Enrollment records from a directory, reloaded when the directory or any file in it changes
+// (name, size or modification time: operators add, edit and remove records while sodd runs).
+// Thread-safe.
 class EnrollmentDirectory {
  public:
   explicit EnrollmentDirectory(std::filesystem::path dir) : dir_(std::move(dir)) {}
@@ -45,7 +46,7 @@ class EnrollmentDirectory {
  private:
   std::filesystem::path dir_;
   std::mutex mu_;
-  std::filesystem::file_time_type loaded_mtime_{};
+  std::string loaded_signature_;  // of the directory as last loaded
   bool loaded_ = false;
   EnrollmentStore store_;
 };

@@ -73,8 +73,6 @@ class AttestedMigrationTest : public MigrationFixture {
     for (size_t i = 0; i < idx.size(); ++i) r.golden_pcrs[idx[i]] = v.values[i];
     r.enrolled_unix_ms = 1;
     ASSERT_TRUE(attest::EnrollmentStore::Add(r, enrollments_dir_).ok());
-    std::filesystem::last_write_time(
-        enrollments_dir_, std::filesystem::last_write_time(enrollments_dir_) + 1s * (++bump_));
   }
 
   // A migration with attestation on both ends; `launched` counts destination QEMUs started.
@@ -102,7 +100,6 @@ class AttestedMigrationTest : public MigrationFixture {
   std::filesystem::path enrollments_dir_;
   std::unique_ptr<attest::EnrollmentDirectory> enrollments_;
   std::atomic<int> launched_{0};
-  int bump_ = 0;
 };
 
 TEST_F(AttestedMigrationTest, BothHostsAttestAndTheVmMoves) {

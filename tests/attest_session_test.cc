@@ -100,9 +100,6 @@ class AttestSessionTest : public ::testing::Test {
     r.enrolled_unix_ms = 1;
     Status s = EnrollmentStore::Add(r, (dir_ / "enrollments").string());
     ASSERT_TRUE(s.ok()) << s.ToString();
-    // Reloading keys on the directory's mtime, which has a coarse clock: make every change seen.
-    fs::last_write_time(dir_ / "enrollments",
-                        fs::last_write_time(dir_ / "enrollments") + std::chrono::seconds(++bump_));
   }
 
   // One session hosta (initiator) -> hostb (responder); runs `a` and `b` on the two ends.
@@ -143,7 +140,6 @@ class AttestSessionTest : public ::testing::Test {
   fs::path dir_;
   SimHost a_, b_;
   std::unique_ptr<EnrollmentDirectory> enrollments_;
-  int bump_ = 0;
 };
 fs::path* AttestSessionTest::root_ = nullptr;
 
@@ -167,6 +163,20 @@ TEST_F(AttestSessionTest, EnrolledHostsAttestEachOther) {
   EXPECT_EQ(verdicts, 1);
   // The quote covered every PCR the policy requires.
   EXPECT_EQ(va->pcrs_checked, DefaultQuoteSelection().Indices());
+}
+
+TEST_F(AttestSessionTest, HostUnenrolledWhileRunningIsRefusedFromTheNextSession) {
+  Enroll(a_);
+  Enroll(b_);
+  SessionAttestation sa(*a_.attester, *enrollments_, {});
+  SessionAttestation sb(*b_.attester, *enrollments_, {});
+  ASSERT_TRUE(Mutual(sa, sb).a.ok());
+  // The operator removes hostb's record; the running verifier notices without a restart.
+  ASSERT_TRUE(EnrollmentStore::Remove("hostb", dir_ / "enrollments").ok());
+  Both r = Mutual(sa, sb);
+  EXPECT_EQ(r.a.code(), Errc::kAttestation) << r.a.ToString();
+  EXPECT_NE(Reasons(sa.LastVerdict("hostb")).find("not enrolled"), std::string::npos)
+      << Reasons(sa.LastVerdict("hostb"));
 }
 
 TEST_F(AttestSessionTest, UnenrolledHostIsRefusedAndTheRefusalReachesIt) {
