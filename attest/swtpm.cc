@@ -229,46 +229,6 @@ Result<pid_t> SpawnSwtpm(const SimulatedTpmOptions& options, const std::string& 
   return pid;
 }
 
-// Kills and reaps a child that failed to come up.
-void KillAndReap(pid_t pid) {
-  ::kill(pid, SIGKILL);
-  int st;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-}
-
-// The swtpm a previous owner of `state_dir` left behind (its process died without stopping it,
-// e.g. kill -9 of sodd): ended, so that this start does not find the state directory locked.
-// Only a process whose command line is a swtpm on exactly this state directory is touched.
-void EndStaleSwtpm(const std::string& state_dir) {
-  const std::string pid_file = state_dir + "/swtpm.pid";
-  std::ifstream in(pid_file);
-  long pid = 0;
-  if (!(in >> pid) || pid <= 1) return;
-  std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string cmdline((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
-  std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-  if (cmdline.find("swtpm") == std::string::npos ||
-      cmdline.find("dir=" + state_dir + " ") == std::string::npos)
-    return;
-  // Our own child is no orphan (another SimulatedTpm of this process owns it).
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat_line((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const size_t paren = stat_line.rfind(')');
-  long ppid = 0;
-  if (paren == std::string::npos ||
-      std::sscanf(stat_line.c_str() + paren + 1, " %*c %ld", &ppid) != 1 || ppid == ::getpid())
-    return;
-  ::kill(static_cast<pid_t>(pid), SIGTERM);
-  for (int i = 0; i < 300 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i) {
-    // Not our child: it disappears once it exited (init reaps it).
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  ::kill(static_cast<pid_t>(pid), SIGKILL);
-  for (int i = 0; i < 100 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i)
-    std::this_thread::sleep_for(milliseconds(10));
-}
-
 std::string DescribeExit(int st) {
   if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
   return "exited with status " + std::to_string(WEXITSTATUS(st));
@@ -312,7 +272,9 @@ Result<std::unique_ptr<SimulatedTpm>> SimulatedTpm::Start(const std::string& sta
   const std::string log_path =
       options.log_path.empty() ? state_dir + "/swtpm.log" : options.log_path;
   const bool pick_ports = options.port == 0;
-  if (options.end_orphan) EndStaleSwtpm(state_dir);
+  // A swtpm a dead previous owner left on this directory (its pid file, its exact --tpmstate).
+  if (options.end_orphan)
+    EndOrphanFromPidFile(state_dir + "/swtpm.pid", "swtpm", "dir=" + state_dir);
 
   std::string last_error;
   for (int attempt = 0; attempt < (pick_ports ? kStartAttempts : 1); ++attempt) {
@@ -344,7 +306,7 @@ Result<std::unique_ptr<SimulatedTpm>> SimulatedTpm::Start(const std::string& sta
         return std::unique_ptr<SimulatedTpm>(new SimulatedTpm(pid, port, state_dir, log_path));
       }
       if (Clock::now() >= deadline) {
-        KillAndReap(pid);
+        KillAndReapChild(pid);
         return Error(Errc::kTimeout, "swtpm on port " + std::to_string(port) +
                                          ": no answer within " +
                                          std::to_string(options.start_timeout.count()) + " ms");

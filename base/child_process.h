@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <string>
 #include <string_view>
 
 #include "base/status.h"
@@ -18,5 +19,20 @@ bool TryReapChild(pid_t pid, bool& reaped);
 // SIGTERM, then SIGKILL if the child still runs after `grace`, then reaps it. OK when it had
 // already ended. `what` names the child in errors (kIo when a signal or waitpid fails).
 Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::string_view what);
+
+// SIGKILL and reap, for a child that failed to come up.
+void KillAndReapChild(pid_t pid);
+
+// The pid written in `pid_file`, if it is a live (not zombie) process whose argv[0] contains
+// `program` and whose arguments include `required_arg` exactly; 0 otherwise. (A pid file alone
+// proves nothing: the pid may have been reused.)
+pid_t LiveProcessFromPidFile(const std::string& pid_file, std::string_view program,
+                             std::string_view required_arg);
+
+// Ends the process LiveProcessFromPidFile finds, unless it is a child of ours: SIGTERM, up to
+// 3 s, then SIGKILL, and waits up to 1 s more for it to go. For owners that take over what a
+// dead predecessor left running (an orphan reaped by init, not by us).
+void EndOrphanFromPidFile(const std::string& pid_file, std::string_view program,
+                          std::string_view required_arg);
 
 }  // namespace sod

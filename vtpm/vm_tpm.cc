@@ -223,51 +223,11 @@ Result<pid_t> SpawnSwtpm(const VmTpmOptions& options, const std::string& state_d
   return pid;
 }
 
-void KillAndReap(pid_t pid) {
-  ::kill(pid, SIGKILL);
-  int st;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-}
-
 // The pid of a live swtpm (not a zombie) whose command line names exactly `state_dir`, from
 // STATE/swtpm.pid; 0 when there is none.
 pid_t LiveSwtpmOn(const std::string& state_dir) {
-  std::ifstream in(state_dir + "/" + kPidFile);
-  long pid = 0;
-  if (!(in >> pid) || pid <= 1) return 0;
-  std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
-  std::vector<std::string> args;
-  for (std::string a; std::getline(cmd, a, '\0');) args.push_back(a);
-  if (args.empty() || args[0].find("swtpm") == std::string::npos) return 0;
-  if (std::find(args.begin(), args.end(), "dir=" + state_dir + ",mode=0600") == args.end())
-    return 0;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const size_t paren = line.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] == 'Z') return 0;
-  return static_cast<pid_t>(pid);
-}
-
-long ParentOf(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const size_t paren = line.rfind(')');
-  long ppid = 0;
-  if (paren == std::string::npos || std::sscanf(line.c_str() + paren + 1, " %*c %ld", &ppid) != 1)
-    return -1;
-  return ppid;
-}
-
-void EndOrphan(const std::string& state_dir) {
-  const pid_t pid = LiveSwtpmOn(state_dir);
-  if (pid == 0 || ParentOf(pid) == ::getpid()) return;  // none, or another VmTpm of ours
-  ::kill(pid, SIGTERM);
-  for (int i = 0; i < 300 && LiveSwtpmOn(state_dir) == pid; ++i)
-    std::this_thread::sleep_for(milliseconds(10));
-  if (LiveSwtpmOn(state_dir) == pid) ::kill(pid, SIGKILL);
-  for (int i = 0; i < 100 && LiveSwtpmOn(state_dir) == pid; ++i)
-    std::this_thread::sleep_for(milliseconds(10));
+  return LiveProcessFromPidFile(state_dir + "/" + kPidFile, "swtpm",
+                                "dir=" + state_dir + ",mode=0600");
 }
 
 }  // namespace
@@ -309,7 +269,9 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
   if (options.binary.empty()) return Error(Errc::kInvalidArgument, "vtpm: empty binary name");
 
   SOD_RETURN_IF_ERROR(MakePrivateDir(state_dir).WithContext(what));
-  if (options.end_orphan) EndOrphan(state_dir);
+  if (options.end_orphan)
+    EndOrphanFromPidFile(state_dir + "/" + kPidFile, "swtpm",
+                         "dir=" + state_dir + ",mode=0600");
   if (pid_t running = LiveSwtpmOn(state_dir); running != 0)
     return Error(Errc::kState, what + ": swtpm pid " + std::to_string(running) +
                                    " already runs on this state directory");
@@ -336,7 +298,7 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
 
   auto failed = [&](Errc code, const std::string& msg) -> Status {
     tpm->reaped_ = true;
-    KillAndReap(pid);
+    KillAndReapChild(pid);
     ::unlink(ctrl_socket.c_str());
     const std::string log = FileTail(log_path);
     return Error(code, what + ": " + msg + (log.empty() ? "" : "; swtpm log: " + log));
