@@ -1,6 +1,7 @@
 #include "attest/esys_tpm.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -183,17 +184,13 @@ constexpr uint8_t kEkAuthPolicy[32] = {
     0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
     0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
 
-// TCG EK Credential Profile template L-2: ECC NIST P-256 storage key (restricted decryption),
-// AES-128-CFB, 32 zero bytes as unique.x and unique.y. Same as `tpm2_createek -G ecc`.
-TPMT_PUBLIC EkTemplate() {
+// An ECC NIST P-256 storage key (restricted decryption, AES-128-CFB, no scheme) with these
+// attributes besides restricted | decrypt: the shape of both the EK and the SRK.
+TPMT_PUBLIC EccStorageKeyTemplate(TPMA_OBJECT attributes) {
   TPMT_PUBLIC p{};
   p.type = TPM2_ALG_ECC;
   p.nameAlg = TPM2_ALG_SHA256;
-  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-                       TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_ADMINWITHPOLICY |
-                       TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
-  p.authPolicy.size = sizeof(kEkAuthPolicy);
-  std::memcpy(p.authPolicy.buffer, kEkAuthPolicy, sizeof(kEkAuthPolicy));
+  p.objectAttributes = attributes | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
   TPMS_ECC_PARMS& ecc = p.parameters.eccDetail;
   ecc.symmetric.algorithm = TPM2_ALG_AES;
   ecc.symmetric.keyBits.aes = 128;
@@ -201,6 +198,17 @@ TPMT_PUBLIC EkTemplate() {
   ecc.scheme.scheme = TPM2_ALG_NULL;
   ecc.curveID = TPM2_ECC_NIST_P256;
   ecc.kdf.scheme = TPM2_ALG_NULL;
+  return p;
+}
+
+// TCG EK Credential Profile template L-2: ECC NIST P-256 storage key (restricted decryption),
+// AES-128-CFB, 32 zero bytes as unique.x and unique.y. Same as `tpm2_createek -G ecc`.
+TPMT_PUBLIC EkTemplate() {
+  TPMT_PUBLIC p = EccStorageKeyTemplate(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                                        TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                                        TPMA_OBJECT_ADMINWITHPOLICY);
+  p.authPolicy.size = sizeof(kEkAuthPolicy);
+  std::memcpy(p.authPolicy.buffer, kEkAuthPolicy, sizeof(kEkAuthPolicy));
   p.unique.ecc.x.size = 32;  // zeros
   p.unique.ecc.y.size = 32;
   return p;
@@ -229,6 +237,35 @@ TPMT_PUBLIC AkTemplate() {
   ecc.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
   ecc.curveID = TPM2_ECC_NIST_P256;
   ecc.kdf.scheme = TPM2_ALG_NULL;
+  return p;
+}
+
+// The storage primary key (SRK) that sealed objects are children of: the TCG-style ECC NIST P-256
+// storage key of the owner hierarchy (restricted decryption, AES-128-CFB, empty auth, noDA),
+// with an empty unique field: the key `tpm2_createprimary -C o -G ecc` makes with noDA added.
+// Derived from the owner seed, so CreatePrimary yields the same key every time until the owner
+// hierarchy is cleared (TPM2_Clear), which makes every sealed blob of the TPM unloadable.
+TPMT_PUBLIC SrkTemplate() {
+  return EccStorageKeyTemplate(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                               TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH |
+                               TPMA_OBJECT_NODA);
+}
+
+// A sealed data object: keyedhash without a scheme, the data given by the caller (no
+// sensitiveDataOrigin), fixedTPM | fixedParent, empty authValue. userWithAuth CLEAR: the USER
+// role (TPM2_Unseal) only through a policy session satisfying `auth_policy`. adminWithPolicy
+// SET: the ADMIN role (TPM2_ObjectChangeAuth, ...) needs a policy too, and PolicyPCR alone
+// does not grant it, so the empty authValue authorizes nothing.
+constexpr TPMA_OBJECT kSealedObjectAttributes =
+    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_ADMINWITHPOLICY;
+
+TPMT_PUBLIC SealedObjectTemplate(const TPM2B_DIGEST& auth_policy) {
+  TPMT_PUBLIC p{};
+  p.type = TPM2_ALG_KEYEDHASH;
+  p.nameAlg = TPM2_ALG_SHA256;
+  p.objectAttributes = kSealedObjectAttributes;
+  p.authPolicy = auth_policy;
+  p.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
   return p;
 }
 
@@ -412,27 +449,24 @@ Status CheckPersisted(ESYS_CONTEXT* ctx, uint32_t handle, const TPMT_PUBLIC& tmp
   return Status::Ok();
 }
 
-// Makes sure the key of `tmpl` is persisted at `handle` (a primary of the endorsement
-// hierarchy).
-Status EnsurePersistedPrimary(ESYS_CONTEXT* ctx, uint32_t handle, const TPMT_PUBLIC& tmpl,
-                              std::string_view name) {
-  SOD_ASSIGN_OR_RETURN(bool present, IsPersisted(ctx, handle));
-  if (present) return CheckPersisted(ctx, handle, tmpl, name);
-
+// TPM2_CreatePrimary of `tmpl` (empty auth) in `hierarchy` (authorized by its empty password),
+// checked against the template; the transient object goes to `obj`.
+Status CreatePrimaryIn(ESYS_CONTEXT* ctx, ESYS_TR hierarchy, std::string_view hierarchy_name,
+                       const TPMT_PUBLIC& tmpl, std::string_view name, ScopedTr& obj) {
   TPM2B_SENSITIVE_CREATE sensitive{};
   TPM2B_PUBLIC in_public{};
   in_public.publicArea = tmpl;
   TPM2B_DATA outside_info{};
   TPML_PCR_SELECTION creation_pcr{};
-  ScopedTr obj(ctx, ScopedTr::Kind::kFlush);
   TPM2B_PUBLIC* out_pub_raw = nullptr;
-  TSS2_RC rc = Esys_CreatePrimary(
-      ctx, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
-      &in_public, &outside_info, &creation_pcr, obj.out(), &out_pub_raw, nullptr, nullptr, nullptr);
+  TSS2_RC rc = Esys_CreatePrimary(ctx, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  &sensitive, &in_public, &outside_info, &creation_pcr, obj.out(),
+                                  &out_pub_raw, nullptr, nullptr, nullptr);
   EsysPtr<TPM2B_PUBLIC> out_pub(out_pub_raw);
   if (rc != TSS2_RC_SUCCESS) {
-    Status err =
-        TssError("TPM2_CreatePrimary(" + std::string(name) + ", endorsement hierarchy)", rc);
+    Status err = TssError("TPM2_CreatePrimary(" + std::string(name) + ", " +
+                              std::string(hierarchy_name) + " hierarchy)",
+                          rc);
     if (rc == TPM2_RC_OBJECT_MEMORY) {
       // Without a resource manager, objects other clients left loaded fill the few slots.
       return Error(err.code(), err.message() +
@@ -446,10 +480,22 @@ Status EnsurePersistedPrimary(ESYS_CONTEXT* ctx, uint32_t handle, const TPMT_PUB
   if (!match)
     return Error(Errc::kCrypto, "TPM2_CreatePrimary(" + std::string(name) +
                                     "): the TPM made a key other than asked");
+  return Status::Ok();
+}
+
+// Makes sure the key of `tmpl` is persisted at `handle` (a primary of the endorsement
+// hierarchy).
+Status EnsurePersistedPrimary(ESYS_CONTEXT* ctx, uint32_t handle, const TPMT_PUBLIC& tmpl,
+                              std::string_view name) {
+  SOD_ASSIGN_OR_RETURN(bool present, IsPersisted(ctx, handle));
+  if (present) return CheckPersisted(ctx, handle, tmpl, name);
+
+  ScopedTr obj(ctx, ScopedTr::Kind::kFlush);
+  SOD_RETURN_IF_ERROR(CreatePrimaryIn(ctx, ESYS_TR_RH_ENDORSEMENT, "endorsement", tmpl, name, obj));
 
   ScopedTr persisted(ctx, ScopedTr::Kind::kClose);
-  rc = Esys_EvictControl(ctx, ESYS_TR_RH_OWNER, obj.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                         ESYS_TR_NONE, handle, persisted.out());
+  TSS2_RC rc = Esys_EvictControl(ctx, ESYS_TR_RH_OWNER, obj.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                 ESYS_TR_NONE, handle, persisted.out());
   if (rc != TSS2_RC_SUCCESS) {
     Status err =
         TssError("TPM2_EvictControl(" + std::string(name) + " to " + Hex32(handle) + ")", rc);
@@ -537,6 +583,270 @@ Result<TpmQuote> QuoteIn(ESYS_CONTEXT* ctx, uint32_t ak_handle, ByteSpan qualify
   return Error(Errc::kIo,
                "TPM2_Quote: the quoted PCR digest never matched the PCRs read after it (PCRs "
                "kept changing)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealing (attest/README.md, "Sealing")
+//
+// Blob: magic "sod-seal" | u16 version (1) | u32 PCR mask | TPM2B_PUBLIC | TPM2B_PRIVATE.
+// Our own fields are little-endian; the two TPM2B are as the TPM marshals them (big-endian u16
+// size, then the contents), so each is also a tpm2-tools "tss" file for tpm2_load -u / -r.
+
+constexpr uint8_t kSealMagic[8] = {'s', 'o', 'd', '-', 's', 'e', 'a', 'l'};
+constexpr uint16_t kSealVersion = 1;
+// The largest TPM2B contents we accept: what fits the tss2 structures they decode into.
+constexpr size_t kMaxSealedPublic = sizeof(TPMT_PUBLIC);
+constexpr size_t kMaxSealedPrivate = sizeof(TPM2B_PRIVATE{}.buffer);
+constexpr size_t kMaxSealedBlob =
+    sizeof(kSealMagic) + 2 + 4 + 2 + kMaxSealedPublic + 2 + kMaxSealedPrivate;
+
+struct SealedBlob {
+  uint32_t mask = 0;
+  TPM2B_PUBLIC pub{};
+  TPM2B_PRIVATE priv{};
+};
+
+Status Malformed(std::string_view why) {
+  return Error(Errc::kMalformed, "sealed blob: " + std::string(why));
+}
+
+// One TPM2B field: a big-endian u16 size of 1..max, then the contents (borrowed).
+bool TakeTpm2b(ByteReader& r, size_t max, ByteSpan& contents) {
+  uint8_t be[2];
+  if (!r.Raw(be, sizeof(be))) return false;
+  const size_t n = (size_t{be[0]} << 8) | be[1];
+  if (n == 0 || n > max) return false;
+  return r.Raw(n, contents);
+}
+
+Result<Bytes> EncodeSealedBlob(uint32_t mask, const TPM2B_PUBLIC& pub, const TPM2B_PRIVATE& priv) {
+  Bytes out;
+  ByteWriter w(out);
+  w.Raw(ByteSpan(kSealMagic, sizeof(kSealMagic)));
+  w.U16(kSealVersion);
+  w.U32(mask);
+  const size_t header = out.size();
+  out.resize(kMaxSealedBlob);
+  size_t offset = header;
+  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, out.data(), out.size(), &offset);
+  if (rc != TSS2_RC_SUCCESS) return TssError("marshalling the sealed TPM2B_PUBLIC", rc);
+  rc = Tss2_MU_TPM2B_PRIVATE_Marshal(&priv, out.data(), out.size(), &offset);
+  if (rc != TSS2_RC_SUCCESS) return TssError("marshalling the sealed TPM2B_PRIVATE", rc);
+  out.resize(offset);
+  return out;
+}
+
+// Strict decoding of a blob from outside (a file that anyone may have altered). Checks the
+// framing and that the public area is that of a sealed object as Seal makes them; whether the
+// private part belongs to it and to this TPM is for TPM2_Load to check.
+Result<SealedBlob> DecodeSealedBlob(ByteSpan blob) {
+  if (blob.size() > kMaxSealedBlob) return Malformed("longer than any sealed blob");
+  ByteReader r(blob);
+  uint8_t magic[sizeof(kSealMagic)];
+  uint16_t version = 0;
+  SealedBlob out;
+  if (!r.Raw(magic, sizeof(magic)) || !r.U16(version) || !r.U32(out.mask))
+    return Malformed("truncated header");
+  if (std::memcmp(magic, kSealMagic, sizeof(kSealMagic)) != 0) return Malformed("bad magic");
+  if (version != kSealVersion)
+    return Malformed("version " + std::to_string(version) + ", expected " +
+                     std::to_string(kSealVersion));
+  if (out.mask == 0 || out.mask >= kPcrMaskLimit)
+    return Malformed("PCR selection empty or above PCR 23");
+
+  ByteSpan pub;
+  if (!TakeTpm2b(r, kMaxSealedPublic, pub)) return Malformed("bad or truncated TPM2B_PUBLIC");
+  size_t offset = 0;
+  if (Tss2_MU_TPMT_PUBLIC_Unmarshal(pub.data(), pub.size(), &offset, &out.pub.publicArea) !=
+          TSS2_RC_SUCCESS ||
+      offset != pub.size())
+    return Malformed("the TPMT_PUBLIC does not parse");
+  out.pub.size = static_cast<UINT16>(pub.size());
+
+  ByteSpan priv;
+  if (!TakeTpm2b(r, kMaxSealedPrivate, priv)) return Malformed("bad or truncated TPM2B_PRIVATE");
+  out.priv.size = static_cast<UINT16>(priv.size());
+  std::memcpy(out.priv.buffer, priv.data(), priv.size());
+  if (!r.done()) return Malformed("trailing bytes");
+
+  const TPMT_PUBLIC& p = out.pub.publicArea;
+  if (p.authPolicy.size != sizeof(PcrDigest) || p.unique.keyedHash.size != sizeof(PcrDigest))
+    return Malformed("not a sealed object of sod (policy or unique size)");
+  SOD_ASSIGN_OR_RETURN(bool match, MatchesTemplate(p, SealedObjectTemplate(p.authPolicy)));
+  if (!match) return Malformed("not a sealed object of sod (type, algorithms or attributes)");
+  return out;
+}
+
+// True when `rc` is the TPM's response code `code`, whatever handle, session or parameter a
+// format-one code names.
+bool IsTpmRc(TSS2_RC rc, TPM2_RC code) {
+  const uint32_t layer = rc & TSS2_RC_LAYER_MASK;
+  if (layer != TSS2_TPM_RC_LAYER && layer != TSS2_RESMGR_TPM_RC_LAYER) return false;
+  const uint32_t v = rc & 0xffffu;
+  if ((v & TPM2_RC_FMT1) != 0) return (v & (TPM2_RC_FMT1 | 0x3fu)) == code;
+  return v == code;
+}
+
+// Zeroes a TPM structure that held secret bytes when the scope ends.
+template <typename T>
+class ScopedCleanse {
+ public:
+  explicit ScopedCleanse(T& v) : v_(v) {}
+  ~ScopedCleanse() { OPENSSL_cleanse(&v_, sizeof(T)); }
+  ScopedCleanse(const ScopedCleanse&) = delete;
+  ScopedCleanse& operator=(const ScopedCleanse&) = delete;
+
+ private:
+  T& v_;
+};
+
+// ESAPI's TPM2B_SENSITIVE_DATA output, wiped before it is freed.
+struct CleanseAndFree {
+  void operator()(TPM2B_SENSITIVE_DATA* p) const {
+    OPENSSL_cleanse(p, sizeof(*p));
+    Esys_Free(p);
+  }
+};
+
+// A session salted with the SRK (ECDH with its public key, so its secret crosses the TPM bus
+// encrypted) that encrypts the first command parameter (TPMA_SESSION_DECRYPT: the secret given
+// to TPM2_Create) or response parameter (TPMA_SESSION_ENCRYPT: the secret TPM2_Unseal
+// returns) with AES-128-CFB. `kind` is TPM2_SE_HMAC or TPM2_SE_POLICY.
+Status StartSaltedSession(ESYS_CONTEXT* ctx, ESYS_TR srk, TPM2_SE kind, ScopedTr& session) {
+  TPMT_SYM_DEF aes{};
+  aes.algorithm = TPM2_ALG_AES;
+  aes.keyBits.aes = 128;
+  aes.mode.aes = TPM2_ALG_CFB;
+  TSS2_RC rc =
+      Esys_StartAuthSession(ctx, srk, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                            nullptr, kind, &aes, TPM2_ALG_SHA256, session.out());
+  if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_StartAuthSession(salted with the SRK)", rc);
+  return Status::Ok();
+}
+
+Status SetSessionAttributes(ESYS_CONTEXT* ctx, ESYS_TR session, TPMA_SESSION attributes) {
+  TSS2_RC rc =
+      Esys_TRSess_SetAttributes(ctx, session, attributes | TPMA_SESSION_CONTINUESESSION, 0xff);
+  if (rc != TSS2_RC_SUCCESS) return TssError("Esys_TRSess_SetAttributes", rc);
+  return Status::Ok();
+}
+
+// PolicyPCR over the current SHA-256 values of `mask`, in a trial session: the authPolicy a
+// sealed object needs so that a policy session with the same PolicyPCR unseals it.
+Result<TPM2B_DIGEST> TrialPolicyPcr(ESYS_CONTEXT* ctx, uint32_t mask) {
+  ScopedTr trial(ctx, ScopedTr::Kind::kFlush);
+  TPMT_SYM_DEF none{};
+  none.algorithm = TPM2_ALG_NULL;
+  TSS2_RC rc = Esys_StartAuthSession(ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, nullptr, TPM2_SE_TRIAL, &none, TPM2_ALG_SHA256,
+                                     trial.out());
+  if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_StartAuthSession(trial)", rc);
+  const TPM2B_DIGEST current{};  // empty: the TPM takes the PCRs' current values
+  const TPML_PCR_SELECTION sel = ToTpmSelection(mask);
+  rc = Esys_PolicyPCR(ctx, trial.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &current, &sel);
+  if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_PolicyPCR(trial)", rc);
+  TPM2B_DIGEST* digest_raw = nullptr;
+  rc =
+      Esys_PolicyGetDigest(ctx, trial.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digest_raw);
+  EsysPtr<TPM2B_DIGEST> digest(digest_raw);
+  if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_PolicyGetDigest", rc);
+  if (!digest) return Error(Errc::kInternal, "TPM2_PolicyGetDigest: no output");
+  if (digest->size != sizeof(PcrDigest))
+    return Error(Errc::kCrypto, "TPM2_PolicyGetDigest: not a SHA-256 digest");
+  return *digest;
+}
+
+std::string PcrList(uint32_t mask) {
+  std::string out;
+  for (uint32_t pcr : PcrSelection{mask}.Indices()) {
+    if (!out.empty()) out += ",";
+    out += std::to_string(pcr);
+  }
+  return out;
+}
+
+Result<Bytes> SealIn(ESYS_CONTEXT* ctx, ByteSpan secret, PcrSelection pcrs) {
+  ScopedTr srk(ctx, ScopedTr::Kind::kFlush);
+  SOD_RETURN_IF_ERROR(CreatePrimaryIn(ctx, ESYS_TR_RH_OWNER, "owner", SrkTemplate(), "SRK", srk));
+  SOD_ASSIGN_OR_RETURN(TPM2B_DIGEST policy, TrialPolicyPcr(ctx, pcrs.mask));
+
+  ScopedTr session(ctx, ScopedTr::Kind::kFlush);
+  SOD_RETURN_IF_ERROR(StartSaltedSession(ctx, srk.get(), TPM2_SE_HMAC, session));
+  SOD_RETURN_IF_ERROR(SetSessionAttributes(ctx, session.get(), TPMA_SESSION_DECRYPT));
+
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  ScopedCleanse wipe_sensitive(sensitive);
+  sensitive.sensitive.data.size = static_cast<UINT16>(secret.size());
+  std::memcpy(sensitive.sensitive.data.buffer, secret.data(), secret.size());
+  TPM2B_PUBLIC in_public{};
+  in_public.publicArea = SealedObjectTemplate(policy);
+  TPM2B_DATA outside_info{};
+  TPML_PCR_SELECTION creation_pcr{};
+  TPM2B_PRIVATE* priv_raw = nullptr;
+  TPM2B_PUBLIC* pub_raw = nullptr;
+  TSS2_RC rc =
+      Esys_Create(ctx, srk.get(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
+                  &outside_info, &creation_pcr, &priv_raw, &pub_raw, nullptr, nullptr, nullptr);
+  EsysPtr<TPM2B_PRIVATE> priv(priv_raw);
+  EsysPtr<TPM2B_PUBLIC> pub(pub_raw);
+  if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_Create(sealed object)", rc);
+  if (!priv || !pub) return Error(Errc::kInternal, "TPM2_Create: no output");
+  SOD_ASSIGN_OR_RETURN(bool match, MatchesTemplate(pub->publicArea, in_public.publicArea));
+  if (!match)
+    return Error(Errc::kCrypto,
+                 "TPM2_Create(sealed object): the TPM made an object other than asked");
+  if (priv->size == 0 || priv->size > sizeof(priv->buffer))
+    return Error(Errc::kCrypto, "TPM2_Create(sealed object): private area size out of range");
+  SOD_ASSIGN_OR_RETURN(Bytes blob, EncodeSealedBlob(pcrs.mask, *pub, *priv));
+  // What Unseal will accept: the object must pass our own decoder.
+  Result<SealedBlob> check = DecodeSealedBlob(blob);
+  if (!check.ok())
+    return Error(Errc::kCrypto, "TPM2_Create(sealed object): " + check.status().message());
+  return blob;
+}
+
+Result<SecretBytes> UnsealIn(ESYS_CONTEXT* ctx, const SealedBlob& blob) {
+  ScopedTr srk(ctx, ScopedTr::Kind::kFlush);
+  SOD_RETURN_IF_ERROR(CreatePrimaryIn(ctx, ESYS_TR_RH_OWNER, "owner", SrkTemplate(), "SRK", srk));
+
+  ScopedTr object(ctx, ScopedTr::Kind::kFlush);
+  TSS2_RC rc = Esys_Load(ctx, srk.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &blob.priv,
+                         &blob.pub, object.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Status err = TssError("TPM2_Load(sealed object)", rc);
+    if (IsTpmRc(rc, TPM2_RC_INTEGRITY))
+      return Error(Errc::kCrypto, err.message() +
+                                      "; the blob was not sealed by this TPM (another host, the "
+                                      "owner hierarchy cleared since, or the blob altered)");
+    return err;
+  }
+
+  const TPML_PCR_SELECTION sel = ToTpmSelection(blob.mask);
+  const TPM2B_DIGEST current{};
+  for (int attempt = 0; attempt < kConsistencyAttempts; ++attempt) {
+    ScopedTr session(ctx, ScopedTr::Kind::kFlush);
+    SOD_RETURN_IF_ERROR(StartSaltedSession(ctx, srk.get(), TPM2_SE_POLICY, session));
+    rc = Esys_PolicyPCR(ctx, session.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &current,
+                        &sel);
+    if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_PolicyPCR", rc);
+    SOD_RETURN_IF_ERROR(SetSessionAttributes(ctx, session.get(), TPMA_SESSION_ENCRYPT));
+    TPM2B_SENSITIVE_DATA* out_raw = nullptr;
+    rc = Esys_Unseal(ctx, object.get(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, &out_raw);
+    std::unique_ptr<TPM2B_SENSITIVE_DATA, CleanseAndFree> out(out_raw);
+    if (IsTpmRc(rc, TPM2_RC_PCR_CHANGED)) continue;  // a PCR moved after PolicyPCR: again
+    if (IsTpmRc(rc, TPM2_RC_POLICY_FAIL))
+      return Error(Errc::kRefused,
+                   "host PCRs changed since sealing: the PCR policy of the sealed "
+                   "object (SHA-256 PCRs " +
+                       PcrList(blob.mask) + ") no longer holds; " +
+                       TssError("TPM2_Unseal", rc).message());
+    if (rc != TSS2_RC_SUCCESS) return TssError("TPM2_Unseal", rc);
+    if (!out) return Error(Errc::kInternal, "TPM2_Unseal: no output");
+    if (out->size == 0 || out->size > Tpm::kMaxSealedSecret)
+      return Error(Errc::kCrypto, "TPM2_Unseal: secret size out of range");
+    return SecretBytes(ByteSpan(out->buffer, out->size));
+  }
+  return Error(Errc::kIo, "TPM2_Unseal: PCRs kept changing between TPM2_PolicyPCR and the unseal");
 }
 
 // Runs f(ESYS_CONTEXT*) on a fresh connection to `tcti` with SIGPIPE blocked, and prefixes an
@@ -638,6 +948,24 @@ Status EsysTpm::ExtendPcr(uint32_t pcr, const PcrDigest& digest) {
       return TssError("TPM2_PCR_Extend(PCR " + std::to_string(pcr) + ")", rc);
     return Status::Ok();
   });
+}
+
+Result<Bytes> EsysTpm::Seal(ByteSpan secret, PcrSelection pcrs) {
+  if (secret.empty() || secret.size() > kMaxSealedSecret)
+    return Error(Errc::kInvalidArgument, "sealed secret of " + std::to_string(secret.size()) +
+                                             " bytes, expected 1.." +
+                                             std::to_string(kMaxSealedSecret));
+  SOD_RETURN_IF_ERROR(CheckSelection(pcrs));
+  std::lock_guard lock(mu_);
+  return OnConnection(tcti_, options_.command_timeout_ms,
+                      [&](ESYS_CONTEXT* ctx) { return SealIn(ctx, secret, pcrs); });
+}
+
+Result<SecretBytes> EsysTpm::Unseal(ByteSpan blob) {
+  SOD_ASSIGN_OR_RETURN(SealedBlob decoded, DecodeSealedBlob(blob));
+  std::lock_guard lock(mu_);
+  return OnConnection(tcti_, options_.command_timeout_ms,
+                      [&](ESYS_CONTEXT* ctx) { return UnsealIn(ctx, decoded); });
 }
 
 }  // namespace sod::attest

@@ -17,15 +17,34 @@
 //   AK  at EsysTpmOptions::ak_handle (0x81010002): restricted ECC P-256 ECDSA-SHA256 signing key,
 //       fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign, empty
 //       auth, also a primary of the endorsement hierarchy (see esys_tpm.cc for why).
-// Transient objects are always flushed before a call returns: without a resource manager a TPM
-// has only about 3 transient slots.
+//   SRK (sealing only; never persisted): the TCG-style ECC NIST P-256 storage primary key of the
+//       owner hierarchy (restricted decryption, AES-128-CFB, fixedTPM | fixedParent |
+//       sensitiveDataOrigin | userWithAuth | noDA, empty auth, empty unique: the key
+//       `tpm2_createprimary -C o -G ecc` makes with noDA added). Seal and Unseal create it as a
+//       transient primary in each call; derived from the owner seed, it is the same key every time
+//       until the owner hierarchy is cleared.
+// Transient objects and sessions are always flushed before a call returns: without a resource
+// manager a TPM has only about 3 transient slots.
+//
+// Sealing (Tpm::Seal/Unseal, blob format in attest/README.md): the secret is the data of a
+// keyedhash object, child of the SRK, fixedTPM | fixedParent | adminWithPolicy, userWithAuth
+// clear, authPolicy = TPM2_PolicyPCR over the SHA-256 PCRs of the selection as they are when
+// Seal runs (computed by the TPM in a trial session). Unseal loads it under the SRK and unseals
+// it through a policy session with the same TPM2_PolicyPCR. On the way to and from the TPM the
+// secret is encrypted (parameter encryption, AES-128-CFB, in a session salted with the SRK), so
+// it does not cross the TPM bus or the swtpm socket in the clear. Our own copies are wiped;
+// the plaintext copies ESAPI makes while it encrypts and decrypts parameters (its command and
+// response buffers, its stack) are beyond our reach and freed unwiped with the ESYS context at
+// the end of the call.
 //
 // Errors: a TCTI or transport failure (TPM gone, connection refused, garbled response) is kIo;
 // a TCTI timeout is kTimeout; a TPM command refused by the TPM, or TPM output that does not
-// check (a quote over other data than asked), is kCrypto; a key that was never provisioned is
-// kNotFound; a persistent handle that holds some other kind of key is kState; bad arguments are
-// kInvalidArgument; other TSS failures are kInternal. Messages name the command and carry the
-// Tss2_RC_Decode text and the hex return code. Nothing here asserts on TPM output.
+// check (a quote over other data than asked), is kCrypto, except an unseal refused because the
+// PCR policy no longer holds, which is kRefused; a sealed blob that does not decode is
+// kMalformed; a key that was never provisioned is kNotFound; a persistent handle that holds
+// some other kind of key is kState; bad arguments are kInvalidArgument; other TSS failures are
+// kInternal. Messages name the command and carry the Tss2_RC_Decode text and the hex return
+// code. Nothing here asserts on TPM output.
 //
 // Signals: a TPM that vanishes mid-call could make a socket TCTI write to a closed socket;
 // SIGPIPE is blocked in the calling thread for the length of a call and a SIGPIPE raised
@@ -42,6 +61,7 @@
 
 #include "attest/tpm.h"
 #include "base/bytes.h"
+#include "base/secret.h"
 #include "base/status.h"
 
 namespace sod::attest {
@@ -92,6 +112,11 @@ class EsysTpm : public Tpm {
   Result<TpmQuote> Quote(ByteSpan qualifying, PcrSelection selection) override;
   // PCRs 0..23; which of them locality 0 may extend is up to the TPM (kCrypto if refused).
   Status ExtendPcr(uint32_t pcr, const PcrDigest& digest) override;
+  // Contracts in tpm.h; the objects and sessions above. Both use the empty owner authorization
+  // (to create the SRK; kCrypto otherwise) and need no Provision. A PCR that changes between
+  // TPM2_PolicyPCR and TPM2_Unseal makes Unseal start over (up to 3 times, then kIo).
+  Result<Bytes> Seal(ByteSpan secret, PcrSelection pcrs) override;
+  Result<SecretBytes> Unseal(ByteSpan blob) override;
 
   const std::string& tcti() const { return tcti_; }
   const EsysTpmOptions& options() const { return options_; }

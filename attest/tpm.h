@@ -9,10 +9,12 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "base/bytes.h"
+#include "base/secret.h"
 #include "base/status.h"
 
 namespace sod::attest {
@@ -55,6 +57,33 @@ class Tpm {
   virtual Result<TpmQuote> Quote(ByteSpan qualifying, PcrSelection selection) = 0;
   // TPM2_PCR_Extend of the SHA-256 bank.
   virtual Status ExtendPcr(uint32_t pcr, const PcrDigest& digest) = 0;
+
+  // Sealing: a small secret (the daemon's vTPM master key) kept outside the TPM as a blob that
+  // only this TPM can unseal, and only while the PCRs of `pcrs` (SHA-256 bank) hold the values
+  // they had when Seal ran. A host whose boot measurements changed, or another host, cannot
+  // unseal it. The blob format is in attest/README.md ("Sealing"); it holds no plaintext and
+  // is no secret itself, but any client of this TPM can unseal it while the PCRs hold (no
+  // protection against the running host). Implementations without sealing (test fakes) keep
+  // these defaults, which fail with kUnsupported.
+  //
+  // Seal: `secret` is 1..kMaxSealedSecret bytes and `pcrs` names at least one PCR of 0..23,
+  // otherwise kInvalidArgument before the TPM is touched. The policy covers the PCR values the
+  // TPM has when Seal runs: seal after the measurements the secret should depend on.
+  static constexpr size_t kMaxSealedSecret = 128;
+  virtual Result<Bytes> Seal(ByteSpan secret, PcrSelection pcrs) {
+    (void)secret;
+    (void)pcrs;
+    return Error(Errc::kUnsupported, "this TPM does not implement sealing");
+  }
+  // Unseal: `blob` is hostile input. A blob that does not decode (magic, version, lengths,
+  // trailing bytes, a sealed object that is not of the kind Seal makes) is kMalformed, before
+  // the TPM is touched. A PCR of the blob's selection that changed since sealing is kRefused
+  // ("host PCRs changed since sealing"), and nothing is unsealed. A blob the TPM refuses to load
+  // (sealed by another TPM, owner hierarchy cleared since, bytes altered) is kCrypto.
+  virtual Result<SecretBytes> Unseal(ByteSpan blob) {
+    (void)blob;
+    return Error(Errc::kUnsupported, "this TPM does not implement sealing");
+  }
 };
 
 }  // namespace sod::attest

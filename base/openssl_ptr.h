@@ -29,5 +29,6 @@ using MdCtxPtr = OpensslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
 using BioPtr = OpensslPtr<BIO, BIO_free_all>;
 using BnPtr = OpensslPtr<BIGNUM, BN_free>;
 using X509Ptr = OpensslPtr<X509, X509_free>;
+using CipherCtxPtr = OpensslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
 
 }  // namespace sod

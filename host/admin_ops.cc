@@ -46,6 +46,7 @@ json VmInfoToJson(const VmInfo& i) {
             {"memory_file", i.record.memory_file},
             {"spec", VmSpecToJson(i.spec)}};
   if (!i.run_state.empty()) j["run_state"] = i.run_state;
+  j["vtpm"] = {{"status", i.vtpm_status}, {"epoch", i.record.vtpm_epoch}, {"pid", i.vtpm_pid}};
   return j;
 }
 

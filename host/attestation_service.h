@@ -54,6 +54,8 @@ class AttestationService {
   void Install();
   // Null when attestation is off.
   PeerAttestation* peer_attestation() { return sessions_.get(); }
+  // This host's TPM; null when attestation is off.
+  attest::Tpm* tpm() { return tpm_.get(); }
   nlohmann::json Info() const;
 
  private:

@@ -1,5 +1,6 @@
 #include "host/migration_service.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -10,6 +11,7 @@
 #include "migrate/migration_source.h"
 #include "migrate/session.h"
 #include "migrate/vm.h"
+#include "vtpm/vtpm_host.h"
 
 namespace sod {
 
@@ -182,9 +184,23 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
   const std::string id_hex = MigrationIdHex(id);
 
   SOD_ASSIGN_OR_RETURN(auto lease, d_.registry().LeaseForMigration(name, id_hex));
-  const json where = {{"migration_id", id_hex}, {"vm", name},       {"to", to},
-                      {"connect", connect},     {"port", port},     {"suite", suite},
-                      {"channels", channels}};
+  // A vTPM moves to the next epoch; its key goes to the destination once that has attested.
+  SecretBytes vtpm_key;
+  if (lease->vm().spec().tpm) {
+    vtpm::VtpmHost* vh = d_.registry().vtpm_host();
+    if (!vh) {
+      Status no = Error(Errc::kUnsupported, "vm " + name + " has a vTPM and this host keeps none");
+      (void)lease->Finish(LeaseOutcome::kReturned, no.ToString());
+      return no;
+    }
+    SOD_ASSIGN_OR_RETURN(VmInfo info, d_.registry().Show(name));
+    SOD_ASSIGN_OR_RETURN(vtpm_key, vh->MigrationKey(name, lease->vm().paths().dir));
+    opts.vtpm = SourceVtpm{std::max(info.record.vtpm_epoch, vh->SeenEpoch(name)) + 1, &vtpm_key};
+  }
+  json where = {{"migration_id", id_hex}, {"vm", name},       {"to", to},
+                {"connect", connect},     {"port", port},     {"suite", suite},
+                {"channels", channels}};
+  if (opts.vtpm) where["vtpm_epoch"] = opts.vtpm->epoch;
   Audit("migration.start", where);
   // Where this migration goes, kept until its outcome is known: recovery (also after a sodd
   // restart) needs it to ask the destination.
@@ -220,6 +236,12 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
       Status saved = SaveReceipt(*report.receipt);
       json rj = SignedReceiptJson(*report.receipt);
       Audit("migration.commit", {{"role", "source"}, {"receipt", rj}, {"summary", SummaryJson(report)}});
+      if (opts.vtpm) {
+        // Never take this epoch (or an older one) back; then erase the vTPM here (Phase D).
+        Status recorded = d_.registry().vtpm_host()->RecordEpoch(name, opts.vtpm->epoch);
+        if (!recorded.ok()) result["warning"] = recorded.ToString();
+        lease->set_vtpm_epoch(opts.vtpm->epoch);
+      }
       (void)lease->Finish(LeaseOutcome::kMigratedAway, "migrated to " + to + " (" + id_hex + ")");
       result["receipt"] = rj;
       if (!report.error.ok()) result["warning"] = report.error.ToString();
@@ -282,8 +304,19 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
   ctx.attestation = attestation_;
   ctx.launch_incoming = [this, &slot](const VmSpec& spec, const MigrationId& id) {
     slot.emplace(d_.registry(), MigrationIdHex(id));
-    return slot->Launcher()(spec);
+    return slot->Launch(spec);
   };
+  vtpm::VtpmHost* vh = d_.registry().vtpm_host();
+  if (vh) {
+    ctx.check_vtpm_epoch = [vh](const std::string& vm, uint64_t epoch) {
+      return vh->CheckNewer(vm, epoch);
+    };
+    ctx.launch_incoming_vtpm = [this, &slot](const VmSpec& spec, const MigrationId& id,
+                                             const IncomingVtpm& vtpm) {
+      slot.emplace(d_.registry(), MigrationIdHex(id));
+      return slot->Launch(spec, &vtpm);
+    };
+  }
   ctx.vm_running = [this](const MigrationId& id) {
     std::ifstream f(d_.config().state_dir + "/receipts/" + MigrationIdHex(id) + ".json");
     json r = json::parse(f, nullptr, false);
@@ -312,6 +345,11 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     return;
   }
   if (report.vm) {
+    if (vh && report.receipt->receipt.vtpm_epoch != 0) {
+      Status recorded = vh->RecordEpoch(report.vm_name, report.receipt->receipt.vtpm_epoch);
+      if (!recorded.ok())
+        Audit("vtpm.epoch-write-failed", {{"vm", report.vm_name}, {"error", recorded.ToString()}});
+    }
     (void)SaveReceipt(*report.receipt);
     Audit("migration.commit",
           {{"role", "destination"}, {"receipt", SignedReceiptJson(*report.receipt)}});

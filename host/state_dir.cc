@@ -74,7 +74,8 @@ json VmRecordToJson(const VmRecord& r) {
               {"memory_file", r.memory_file},
               {"migration_id", r.migration_id},
               {"note", r.note},
-              {"updated", r.updated}};
+              {"updated", r.updated},
+              {"vtpm_epoch", r.vtpm_epoch}};
 }
 
 Result<VmRecord> VmRecordFromJson(const json& j) {
@@ -98,6 +99,9 @@ Result<VmRecord> VmRecordFromJson(const json& j) {
         return BadRecord(key, "must be a port number");
       }
       r.host_port = static_cast<uint16_t>(v.get<uint64_t>());
+    } else if (key == "vtpm_epoch") {
+      if (!IsCount(v, UINT64_MAX)) return BadRecord(key, "must be a count");
+      r.vtpm_epoch = v.get<uint64_t>();
     } else if (key == "memory_file" || key == "migration_id" || key == "note" || key == "updated") {
       if (!v.is_string()) return BadRecord(key, "must be a string");
       std::string& dst = key == "memory_file"    ? r.memory_file

@@ -56,6 +56,7 @@ struct VmRecord {
   std::string migration_id;  // the migration that leased the VM, if any
   std::string note;          // why the phase is what it is (lost / in-doubt reasons)
   std::string updated;       // RFC 3339 UTC of the last change
+  uint64_t vtpm_epoch = 0;   // the VM's vTPM epoch here (vtpm/README.md); 0 = no vTPM
   bool operator==(const VmRecord&) const = default;
 };
 nlohmann::json VmRecordToJson(const VmRecord& r);

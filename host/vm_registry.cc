@@ -7,6 +7,8 @@
 
 #include <utility>
 
+#include "vtpm/vtpm_host.h"
+
 namespace sod {
 
 using nlohmann::json;
@@ -39,7 +41,36 @@ Status VmLease::Finish(LeaseOutcome outcome, std::string note) {
 VmRegistry::VmRegistry(const StateDir& state, Options options)
     : state_(state), options_(std::move(options)), ports_(options_.forward_ports) {}
 
-VmRegistry::~VmRegistry() = default;
+VmRegistry::~VmRegistry() {
+  // Like their QEMUs, the swtpms of running VMs outlive sodd; the next one adopts them.
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [name, e] : vms_)
+    if (e.tpm) e.tpm->Release();
+}
+
+VmPaths VmRegistry::PathsFor(const VmSpec& spec, uint16_t host_port) const {
+  const std::string dir = state_.vm_dir(spec.name);
+  VmPaths p = MakeVmPaths(dir, options_.host_id, spec, host_port);
+  if (spec.tpm) p.tpm_socket = vtpm::VtpmHost::SocketOf(dir);
+  return p;
+}
+
+void VmRegistry::EndVtpm(Entry& e, bool erase, std::string_view why) {
+  if (e.tpm) {
+    Status s = e.tpm->Stop();
+    if (!s.ok()) Emit("vtpm.stop-failed", {{"vm", e.spec.name}, {"error", s.ToString()}});
+    e.tpm.reset();
+  }
+  if (!erase || !e.spec.tpm) return;
+  const std::string dir = state_.vm_dir(e.spec.name);
+  Status s = vtpm_ ? vtpm_->Erase(dir)
+                           : vtpm::EraseVmTpmState(vtpm::VtpmHost::StateDirOf(dir));
+  if (!s.ok()) {
+    Emit("vtpm.erase-failed", {{"vm", e.spec.name}, {"error", s.ToString()}});
+  } else {
+    Emit("vtpm.erased", {{"vm", e.spec.name}, {"epoch", e.record.vtpm_epoch}, {"reason", why}});
+  }
+}
 
 Result<std::unique_ptr<VmRegistry>> VmRegistry::Open(const StateDir& state, Options options) {
   if (options.host_id.empty()) return Error(Errc::kInvalidArgument, "vm registry: no host id");
@@ -66,6 +97,16 @@ VmInfo VmRegistry::InfoOf(const Entry& e) const {
   i.record = e.record;
   i.paths = e.paths;
   i.leased = e.use == Use::kLease || e.use == Use::kIncoming;
+  if (e.spec.tpm) {
+    if (e.tpm) {
+      i.vtpm_status = "running";
+      i.vtpm_pid = e.tpm->pid();
+    } else {
+      i.vtpm_status = vtpm::HasVmTpmState(vtpm::VtpmHost::StateDirOf(state_.vm_dir(e.spec.name)))
+                          ? "stopped"
+                          : "erased";
+    }
+  }
   return i;
 }
 
@@ -78,6 +119,20 @@ void VmRegistry::Recover() {
   for (const std::string& name : *names) RecoverOne(name);
 }
 
+void VmRegistry::SetVtpmHost(vtpm::VtpmHost* vtpm) {
+  vtpm_ = vtpm;
+  if (!vtpm_) return;
+  // A VM that runs here with its vTPM holds that epoch, whatever epochs.json says (sodd may have
+  // died between the commit and writing it).
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [name, e] : vms_) {
+    if (!e.spec.tpm || e.record.vtpm_epoch == 0) continue;
+    if (e.record.phase != VmPhase::kRunning && e.record.phase != VmPhase::kPaused) continue;
+    Status s = vtpm_->RecordEpoch(name, e.record.vtpm_epoch);
+    if (!s.ok()) Emit("vtpm.epoch-write-failed", {{"vm", name}, {"error", s.ToString()}});
+  }
+}
+
 void VmRegistry::RecoverOne(const std::string& name) {
   Result<VmSpec> spec = state_.LoadSpec(name);
   Result<VmRecord> rec = spec.ok() ? state_.LoadRecord(name) : Result<VmRecord>(spec.status());
@@ -88,7 +143,7 @@ void VmRegistry::RecoverOne(const std::string& name) {
   Entry e;
   e.spec = std::move(spec).value();
   e.record = std::move(rec).value();
-  e.paths = MakeVmPaths(state_.vm_dir(name), options_.host_id, e.spec, e.record.host_port);
+  e.paths = PathsFor(e.spec, e.record.host_port);
   if (!e.record.memory_file.empty()) e.paths.memory_file = e.record.memory_file;
   const VmPhase was = e.record.phase;
 
@@ -109,6 +164,15 @@ void VmRegistry::RecoverOne(const std::string& name) {
     } else {
       e.vm = std::move(vm).value();
       ports_.Reserve(e.record.host_port);
+      if (e.spec.tpm) {
+        Result<std::unique_ptr<vtpm::VmTpm>> tpm = vtpm::VmTpm::Adopt(
+            vtpm::VtpmHost::StateDirOf(e.paths.dir), e.paths.tpm_socket, e.paths.dir + "/swtpm.log");
+        if (tpm.ok()) {
+          e.tpm = std::move(tpm).value();
+        } else {
+          Emit("vtpm.not-adopted", {{"vm", name}, {"error", tpm.status().ToString()}});
+        }
+      }
       if (was == VmPhase::kRunning || was == VmPhase::kPaused) {
         Result<std::string> rs = e.vm->RunState();
         SetRecord(e, PhaseFromRunState(rs), "");
@@ -126,6 +190,11 @@ void VmRegistry::RecoverOne(const std::string& name) {
   } else if (was == VmPhase::kStarting) {
     mark_lost("sodd stopped while the VM was starting");
   }
+  if (e.spec.tpm && !e.vm) {
+    // No QEMU uses this VM's swtpm any more: end one that a dead sodd left behind.
+    auto orphan = vtpm::VmTpm::Adopt(vtpm::VtpmHost::StateDirOf(e.paths.dir), e.paths.tpm_socket);
+    if (orphan.ok()) (void)(*orphan)->Stop();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   vms_.emplace(name, std::move(e));
 }
@@ -141,6 +210,7 @@ Result<VmRegistry::Entry*> VmRegistry::Reserve(const VmSpec& spec, VmPhase phase
       return Error(Errc::kState, "a VM named " + spec.name + " already exists on this host (" +
                                      std::string(VmPhaseName(old.record.phase)) + ")");
     }
+    EndVtpm(it->second, /*erase=*/true, "replaced by a new VM of the same name");
     vms_.erase(it);
   }
   uint16_t port = 0;
@@ -164,6 +234,7 @@ void VmRegistry::Unreserve(const std::string& name, Lock& lock) {
   auto it = vms_.find(name);
   if (it == vms_.end()) return;
   ports_.Release(it->second.record.host_port);
+  EndVtpm(it->second, /*erase=*/true, "launch failed or incoming migration discarded");
   vms_.erase(it);
   (void)state_.RemoveVm(name);
   cv_.notify_all();
@@ -179,7 +250,7 @@ Result<std::unique_ptr<Vm>> VmRegistry::LaunchWithPortRetry(const std::string& n
       Lock lock(mu_);
       Entry& e = vms_.at(name);  // ours: use is kOp / kIncoming
       spec = e.spec;
-      paths = MakeVmPaths(state_.vm_dir(name), options_.host_id, spec, e.record.host_port);
+      paths = PathsFor(spec, e.record.host_port);
       e.paths = paths;
       e.record.memory_file = paths.memory_file;
       e.record.updated = NowRfc3339();
@@ -204,12 +275,30 @@ Result<std::unique_ptr<Vm>> VmRegistry::LaunchWithPortRetry(const std::string& n
 
 Result<VmInfo> VmRegistry::Start(const VmSpec& spec) {
   SOD_RETURN_IF_ERROR(ValidateVmSpec(spec));
+  if (spec.tpm && !vtpm_)
+    return Error(Errc::kUnsupported, "vm " + spec.name +
+                                         " asks for a vTPM and this host keeps none (sodd needs "
+                                         "a host TPM: --tpm or --simulated-tpm)");
   {
     Lock lock(mu_);
     Result<Entry*> e = Reserve(spec, VmPhase::kStarting, Use::kOp, "", lock);
     if (!e.ok()) return e.status();
   }
-  Result<std::unique_ptr<Vm>> vm = LaunchWithPortRetry(spec.name, VmLaunchMode::kRun);
+  Status vtpm_ready = Status::Ok();
+  if (spec.tpm) {
+    // The swtpm first: QEMU connects to its socket at start.
+    const uint64_t epoch = vtpm_->SeenEpoch(spec.name) + 1;
+    Result<std::unique_ptr<vtpm::VmTpm>> tpm =
+        vtpm_->StartForVm(spec.name, state_.vm_dir(spec.name));
+    vtpm_ready = tpm.ok() ? vtpm_->RecordEpoch(spec.name, epoch) : tpm.status();
+    Lock lock(mu_);
+    Entry& e = vms_.at(spec.name);
+    if (tpm.ok()) e.tpm = std::move(tpm).value();
+    e.record.vtpm_epoch = epoch;
+  }
+  Result<std::unique_ptr<Vm>> vm =
+      vtpm_ready.ok() ? LaunchWithPortRetry(spec.name, VmLaunchMode::kRun)
+                      : Result<std::unique_ptr<Vm>>(vtpm_ready.WithContext("vm " + spec.name + " vTPM"));
   Lock lock(mu_);
   if (!vm.ok()) {
     Unreserve(spec.name, lock);
@@ -314,6 +403,7 @@ Status VmRegistry::Stop(std::string_view name, bool force) {
   }
   std::string key(name);
   ports_.Release(e->record.host_port);
+  EndVtpm(*e, /*erase=*/true, "VM stopped and forgotten");
   vms_.erase(key);
   Status removed = state_.RemoveVm(key);
   cv_.notify_all();
@@ -383,6 +473,13 @@ Status VmRegistry::FinishLease(VmLease& lease, LeaseOutcome outcome, std::string
   }
   Lock lock(mu_);
   Entry& e = vms_.at(lease.name_);
+  if (phase == VmPhase::kMigratedAway) {
+    // The VM runs elsewhere now with its vTPM: this copy's state and keys go (Phase D).
+    EndVtpm(e, /*erase=*/true, "migrated away (" + lease.migration_id_ + ")");
+    if (lease.vtpm_epoch_ != 0) e.record.vtpm_epoch = lease.vtpm_epoch_;
+  } else if (phase == VmPhase::kLost) {
+    EndVtpm(e, /*erase=*/false, "QEMU ended");
+  }
   if (drop_vm) {
     e.vm.reset();
     e.record.pid = 0;
@@ -402,8 +499,13 @@ Status VmRegistry::FinishLease(VmLease& lease, LeaseOutcome outcome, std::string
 }
 
 Result<std::unique_ptr<Vm>> VmRegistry::LaunchIncoming(const VmSpec& spec,
-                                                       std::string migration_id) {
+                                                       std::string migration_id,
+                                                       const IncomingVtpm* vtpm) {
   SOD_RETURN_IF_ERROR(ValidateVmSpec(spec));
+  if (spec.tpm && (!vtpm || !vtpm_))
+    return Error(Errc::kUnsupported, "vm " + spec.name +
+                                         (vtpm_ ? " has a vTPM but no vTPM key came with it"
+                                                        : " has a vTPM and this host keeps none"));
   const std::string id = migration_id;
   {
     Lock lock(mu_);
@@ -411,7 +513,23 @@ Result<std::unique_ptr<Vm>> VmRegistry::LaunchIncoming(const VmSpec& spec,
         Reserve(spec, VmPhase::kMigratingIn, Use::kIncoming, std::move(migration_id), lock);
     if (!e.ok()) return e.status();
   }
-  Result<std::unique_ptr<Vm>> vm = LaunchWithPortRetry(spec.name, VmLaunchMode::kIncoming);
+  Status vtpm_ready = Status::Ok();
+  if (spec.tpm) {
+    Result<std::unique_ptr<vtpm::VmTpm>> tpm =
+        vtpm_->StartIncoming(spec.name, state_.vm_dir(spec.name), vtpm->migration_key);
+    Lock lock(mu_);
+    Entry& e = vms_.at(spec.name);
+    e.record.vtpm_epoch = vtpm->epoch;
+    if (tpm.ok()) {
+      e.tpm = std::move(tpm).value();
+    } else {
+      vtpm_ready = tpm.status();
+    }
+  }
+  Result<std::unique_ptr<Vm>> vm =
+      vtpm_ready.ok()
+          ? LaunchWithPortRetry(spec.name, VmLaunchMode::kIncoming)
+          : Result<std::unique_ptr<Vm>>(vtpm_ready.WithContext("vm " + spec.name + " incoming vTPM"));
   Lock lock(mu_);
   if (!vm.ok()) {
     Unreserve(spec.name, lock);
@@ -507,18 +625,18 @@ void VmRegistry::AbandonIncoming(std::string_view name, pid_t pid, std::string_v
 
 IncomingVmSlot::~IncomingVmSlot() { Abandon("incoming migration ended without a commit"); }
 
+Result<std::unique_ptr<Vm>> IncomingVmSlot::Launch(const VmSpec& spec, const IncomingVtpm* vtpm) {
+  if (pid_ != 0 || done_) return Error(Errc::kState, "incoming slot: a VM was launched already");
+  Result<std::unique_ptr<Vm>> vm = registry_.LaunchIncoming(spec, migration_id_, vtpm);
+  if (vm.ok()) {
+    name_ = spec.name;
+    pid_ = (*vm)->pid();
+  }
+  return vm;
+}
+
 std::function<Result<std::unique_ptr<Vm>>(const VmSpec&)> IncomingVmSlot::Launcher() {
-  return [this](const VmSpec& spec) -> Result<std::unique_ptr<Vm>> {
-    if (pid_ != 0 || done_) {
-      return Error(Errc::kState, "incoming slot: a VM was launched already");
-    }
-    Result<std::unique_ptr<Vm>> vm = registry_.LaunchIncoming(spec, migration_id_);
-    if (vm.ok()) {
-      name_ = spec.name;
-      pid_ = (*vm)->pid();
-    }
-    return vm;
-  };
+  return [this](const VmSpec& spec) { return Launch(spec); };
 }
 
 Status IncomingVmSlot::CheckOurs(const std::unique_ptr<Vm>& vm) const {
@@ -560,6 +678,7 @@ void VmRegistry::CheckLiveness() {
     const std::string was(VmPhaseName(e.record.phase));
     e.vm->Kill();  // the process has ended: this only removes the memory file and socket
     e.vm.reset();
+    EndVtpm(e, /*erase=*/false, "QEMU ended");
     ports_.Release(e.record.host_port);
     e.record.pid = 0;
     e.record.host_port = 0;

@@ -42,7 +42,13 @@
 #include "host/event_log.h"
 #include "host/forward_ports.h"
 #include "host/state_dir.h"
+#include "migrate/migration_destination.h"
 #include "migrate/vm.h"
+#include "vtpm/vm_tpm.h"
+
+namespace sod::vtpm {
+class VtpmHost;
+}
 
 namespace sod {
 
@@ -53,6 +59,10 @@ struct VmInfo {
   VmPaths paths;
   bool leased = false;    // a migration (or recovery) engine holds it right now
   std::string run_state;  // QEMU's run state (Show only; empty when not asked or unknown)
+  // The VM's vTPM (spec.tpm): "none" (no vTPM), "running", "stopped" (its swtpm ended; state
+  // kept), "erased" (moved away: state and keys destroyed here). Epoch: record.vtpm_epoch.
+  std::string vtpm_status = "none";
+  pid_t vtpm_pid = 0;
 };
 
 enum class LeaseOutcome {
@@ -74,6 +84,8 @@ class VmLease {
   Vm& vm() { return *vm_; }
   const std::string& name() const { return name_; }
   const std::string& migration_id() const { return migration_id_; }
+  // The vTPM epoch the VM moved to (kMigratedAway): kept in the record of a VM gone elsewhere.
+  void set_vtpm_epoch(uint64_t epoch) { vtpm_epoch_ = epoch; }
 
   // Ends the lease (second and later calls: kState). kReturned asks QEMU for its run state to set
   // the phase (running / paused; lost when QEMU is gone). kMigratedAway quits a QEMU that still
@@ -91,6 +103,7 @@ class VmLease {
   std::string name_;
   std::string migration_id_;
   Vm* vm_;
+  uint64_t vtpm_epoch_ = 0;
   bool finished_ = false;
 };
 
@@ -107,8 +120,10 @@ class IncomingVmSlot {
   IncomingVmSlot(const IncomingVmSlot&) = delete;
   IncomingVmSlot& operator=(const IncomingVmSlot&) = delete;
 
-  // Calls VmRegistry::LaunchIncoming and remembers what it launched. The slot must outlive the
-  // returned function. A second launch is refused (kState).
+  // Calls VmRegistry::LaunchIncoming and remembers what it launched. A second launch is refused
+  // (kState).
+  Result<std::unique_ptr<Vm>> Launch(const VmSpec& spec, const IncomingVtpm* vtpm = nullptr);
+  // Launch(spec) as a function; the slot must outlive it.
   std::function<Result<std::unique_ptr<Vm>>(const VmSpec&)> Launcher();
   // VmRegistry::AdoptMigratedIn. kState when `vm` is not the one this slot launched (that QEMU
   // is then killed, as AdoptMigratedIn does: nobody would own it).
@@ -150,14 +165,17 @@ class VmRegistry {
   VmRegistry& operator=(const VmRegistry&) = delete;
 
   // Launches a new VM (VmLaunchMode::kRun), assigning a forward port when spec.guest_port != 0.
-  // The name may reuse that of a migrated-away or lost record (which is replaced). Errors:
-  // kInvalidArgument (spec), kState (name in use), kExhausted (no port), Vm::Launch errors.
+  // The name may reuse that of a migrated-away or lost record (which is replaced; a vTPM it left
+  // is erased). A VM with a vTPM gets a new one, at the epoch after the highest this host has
+  // seen for the name. Errors: kInvalidArgument (spec), kState (name in use), kExhausted (no
+  // port), kUnsupported (a vTPM on a host without vTPM support), VmTpm / Vm::Launch errors.
   Result<VmInfo> Start(const VmSpec& spec);
   // Every VM, sorted by name (no QMP queries).
   std::vector<VmInfo> List() const;
   // One VM, with its run state from QMP when nobody else uses it. kNotFound.
   Result<VmInfo> Show(std::string_view name);
-  // Quits the VM's QEMU (if any) and forgets it (its directory is removed). Refused with kState
+  // Quits the VM's QEMU (if any) and its swtpm, erases its vTPM, and forgets it (its directory is
+  // removed). Refused with kState
   // while a migration holds it, and for an in-doubt VM unless `force` (it may be the only copy).
   // kNotFound.
   Status Stop(std::string_view name, bool force = false);
@@ -172,8 +190,11 @@ class VmRegistry {
   // Destination side: reserves spec.name (refused with kState when a VM of that name is here and
   // neither migrated-away nor lost), picks paths and a forward port under the state dir, and
   // launches QEMU in VmLaunchMode::kIncoming. Phase migrating-in. The caller owns the Vm until it
-  // hands it back with exactly one of the three calls below.
-  Result<std::unique_ptr<Vm>> LaunchIncoming(const VmSpec& spec, std::string migration_id = {});
+  // hands it back with exactly one of the three calls below. A VM with a vTPM needs `vtpm` (its
+  // epoch and migration key): its incoming swtpm starts first (record.vtpm_epoch = vtpm->epoch);
+  // a discarded incoming VM's vTPM is erased.
+  Result<std::unique_ptr<Vm>> LaunchIncoming(const VmSpec& spec, std::string migration_id = {},
+                                             const IncomingVtpm* vtpm = nullptr);
   // The migration committed: the VM becomes one of this host's VMs (phase from its run state).
   // kNotFound when `vm` did not come from LaunchIncoming (it is then killed).
   Status AdoptMigratedIn(std::unique_ptr<Vm> vm);
@@ -188,8 +209,16 @@ class VmRegistry {
   void AbandonIncoming(std::string_view name, pid_t pid, std::string_view why);
 
   // Finds VMs whose QEMU ended on its own (guest shutdown, crash, killed) and marks them lost
-  // (reaping the process, removing its memory file). Call periodically.
+  // (reaping the process, removing its memory file, stopping its swtpm; the vTPM state is kept).
+  // Call periodically.
   void CheckLiveness();
+
+  // The host's vTPM keeper (keys, epochs), once the host TPM is up; records the epochs of the
+  // VMs running here. Without one, VMs with a vTPM are refused (kUnsupported); those found at
+  // Open are still re-attached to their running swtpm. Before the registry is shared between
+  // threads; `vtpm` must outlive the registry.
+  void SetVtpmHost(vtpm::VtpmHost* vtpm);
+  vtpm::VtpmHost* vtpm_host() const { return vtpm_; }
 
   const std::string& host_id() const { return options_.host_id; }
   const Options& options() const { return options_; }
@@ -202,6 +231,7 @@ class VmRegistry {
     VmPaths paths;
     VmRecord record;
     std::unique_ptr<Vm> vm;  // null when no QEMU is here, or while an incoming Vm is out
+    std::unique_ptr<vtpm::VmTpm> tpm;  // the VM's swtpm while it runs (spec.tpm)
     Use use = Use::kFree;
   };
   using Lock = std::unique_lock<std::mutex>;
@@ -214,8 +244,12 @@ class VmRegistry {
   // Reserves `spec.name` for a new VM in `phase` with use `use`; returns the entry.
   Result<Entry*> Reserve(const VmSpec& spec, VmPhase phase, Use use, std::string migration_id,
                          Lock& lock);
-  // Drops a reserved entry after a failed launch.
+  // Drops a reserved entry after a failed launch (its swtpm stopped, its vTPM erased).
   void Unreserve(const std::string& name, Lock& lock);
+  // The paths of VM `name` with a forward port; with the vTPM socket when spec.tpm.
+  VmPaths PathsFor(const VmSpec& spec, uint16_t host_port) const;
+  // Stops the entry's swtpm (if any) and, with `erase`, destroys its vTPM state and keys.
+  void EndVtpm(Entry& e, bool erase, std::string_view why);
   // Waits (up to `timeout`) while another call uses the entry; kState when it is leased.
   Result<Entry*> WaitForFree(std::string_view name, std::chrono::milliseconds timeout, Lock& lock);
   // Sets phase / note / timestamp and writes state.json. Caller holds the lock.
@@ -232,6 +266,7 @@ class VmRegistry {
   std::condition_variable cv_;                     // an entry became free
   std::map<std::string, Entry, std::less<>> vms_;  // guarded by mu_
   ForwardPorts ports_;                             // guarded by mu_
+  vtpm::VtpmHost* vtpm_ = nullptr;                 // set once, before concurrent use
 };
 
 }  // namespace sod

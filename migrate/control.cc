@@ -1,5 +1,7 @@
 #include "migrate/control.h"
 
+#include <openssl/crypto.h>
+
 #include <algorithm>
 
 namespace sod {
@@ -186,6 +188,17 @@ Status Get(ByteReader& r, EvidenceMsg& m) {
 void Put(ByteWriter&, const AttestOkMsg&) {}
 Status Get(ByteReader&, AttestOkMsg&) { return Status::Ok(); }
 
+void Put(ByteWriter& w, const VtpmKeyMsg& v) {
+  w.U64(v.vtpm_epoch);
+  w.Raw(v.migration_key);
+}
+Status Get(ByteReader& r, VtpmKeyMsg& m) {
+  if (!r.U64(m.vtpm_epoch) || !r.Raw(m.migration_key.data(), m.migration_key.size()))
+    return Bad("vtpm-key", "truncated");
+  if (m.vtpm_epoch == 0) return Bad("vtpm-key", "epoch 0 names no vTPM");
+  return Status::Ok();
+}
+
 // Decodes the alternative of ControlMsg whose kType is `type`.
 template <size_t I = 0>
 Result<ControlMsg> DecodeAlternative(ControlType type, ByteReader& r) {
@@ -216,10 +229,12 @@ constexpr std::string_view kNames[] = {"invalid",         "hello",         "hell
                                        "offer",           "prepared",      "switchover-check",
                                        "switchover-ok",   "commit-ack",    "query-outcome",
                                        "outcome",         "attest-challenge", "evidence",
-                                       "attest-ok"};
+                                       "attest-ok",       "vtpm-key"};
 static_assert(std::size(kNames) == std::variant_size_v<ControlMsg> + 1);
 
 }  // namespace
+
+VtpmKeyMsg::~VtpmKeyMsg() { OPENSSL_cleanse(migration_key.data(), migration_key.size()); }
 
 std::string_view ControlTypeName(ControlType t) {
   auto i = static_cast<size_t>(t);

@@ -45,6 +45,7 @@ enum class ControlType : uint16_t {
   kAttestChallenge = 10,  // both ways, right after the hello: a fresh nonce for the peer's quote
   kEvidence = 11,         // both ways: evidence bound to the peer's nonce and this session
   kAttestOk = 12,         // both ways: "your evidence verified" (a refusal is an Abort instead)
+  kVtpmKey = 13,          // source -> destination, right after an offer with a vTPM
 };
 
 // Opens a session: the versions and suites the initiator speaks, and how many data channels it
@@ -150,9 +151,25 @@ struct AttestOkMsg {
   bool operator==(const AttestOkMsg&) const = default;
 };
 
+inline constexpr size_t kVtpmKeySize = 32;
+
+// The key the destination's swtpm needs to load the VM's vTPM state blobs (swtpm
+// --migration-key, vtpm/README.md). Sent by the source only on an attested session, right after
+// an offer whose vtpm_epoch is not 0, and naming that epoch. Wiped when the message dies.
+struct VtpmKeyMsg {
+  static constexpr ControlType kType = ControlType::kVtpmKey;
+  uint64_t vtpm_epoch = 0;
+  std::array<uint8_t, kVtpmKeySize> migration_key{};
+  VtpmKeyMsg() = default;
+  VtpmKeyMsg(const VtpmKeyMsg&) = default;
+  VtpmKeyMsg& operator=(const VtpmKeyMsg&) = default;
+  ~VtpmKeyMsg();
+  bool operator==(const VtpmKeyMsg&) const = default;
+};
+
 using ControlMsg = std::variant<HelloMsg, HelloAckMsg, OfferMsg, PreparedMsg, SwitchoverCheckMsg,
                                 SwitchoverOkMsg, CommitAckMsg, QueryOutcomeMsg, OutcomeMsg,
-                                AttestChallengeMsg, EvidenceMsg, AttestOkMsg>;
+                                AttestChallengeMsg, EvidenceMsg, AttestOkMsg, VtpmKeyMsg>;
 
 Bytes EncodeControl(const ControlMsg& m);
 Result<ControlMsg> DecodeControl(ByteSpan payload);

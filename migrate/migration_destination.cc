@@ -31,6 +31,7 @@ class DestinationMigration {
 
  private:
   Status Prepare();
+  Result<IncomingVtpm> ReceiveVtpm(const VmSpec& spec);
   Status ReceiveUntilCommit();
   Status VerifyAndResume();
   void Fail(const Status& why, bool tell_peer);
@@ -50,6 +51,31 @@ class DestinationMigration {
   CommitBody commit_;
 };
 
+Result<IncomingVtpm> DestinationMigration::ReceiveVtpm(const VmSpec& spec) {
+  const std::string& name = spec.name;
+  if (!spec.tpm || offer_.vtpm_epoch == 0)
+    return Error(Errc::kMalformed, "offer: the spec and the vTPM epoch disagree on vm " + name +
+                                       " having a vTPM");
+  if (!ctx_.attestation)
+    return Error(Errc::kRefused, "vm " + name +
+                                     " has a vTPM and this host does not attest: it takes no vTPM");
+  if (!ctx_.check_vtpm_epoch || !ctx_.launch_incoming_vtpm)
+    return Error(Errc::kRefused, "vm " + name + " has a vTPM and this host keeps no vTPMs");
+  SOD_RETURN_IF_ERROR(ctx_.check_vtpm_epoch(name, offer_.vtpm_epoch));
+  SOD_ASSIGN_OR_RETURN(ControlMsg m, session_.ReceiveControl());
+  const auto* key = std::get_if<VtpmKeyMsg>(&m);
+  if (!key)
+    return Error(Errc::kState, "expected the vTPM key after the offer, got " +
+                                   std::string(ControlName(m)));
+  if (key->vtpm_epoch != offer_.vtpm_epoch)
+    return Error(Errc::kMalformed, "vTPM key names epoch " + std::to_string(key->vtpm_epoch) +
+                                       ", the offer " + std::to_string(offer_.vtpm_epoch));
+  IncomingVtpm v;
+  v.epoch = offer_.vtpm_epoch;
+  v.migration_key = SecretBytes(ByteSpan(key->migration_key.data(), key->migration_key.size()));
+  return v;
+}
+
 Status DestinationMigration::Prepare() {
   Event(DestinationEvent::kOfferReceived);
   json j = json::parse(offer_.spec_json, nullptr, /*allow_exceptions=*/false);
@@ -65,7 +91,12 @@ Status DestinationMigration::Prepare() {
                                      " was seen before (replayed offer)");
   if (ctx_.admit) SOD_RETURN_IF_ERROR(ctx_.admit(offer_, spec, session_.peer_host_id()));
 
-  SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
+  if (spec.tpm || offer_.vtpm_epoch != 0) {
+    SOD_ASSIGN_OR_RETURN(IncomingVtpm vtpm, ReceiveVtpm(spec));
+    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming_vtpm(spec, offer_.migration_id, vtpm));
+  } else {
+    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
+  }
   QmpClient& qmp = vm_->qmp();
   SOD_RETURN_IF_ERROR(
       qmp.Execute("migrate-set-capabilities",
@@ -191,6 +222,9 @@ Status DestinationMigration::VerifyAndResume() {
                     std::to_string(sink_->stream_bytes()) + " arrived");
   if (r.wire_bytes != session_.data_wire_bytes()) return Mismatch("receipt wire bytes differ");
   if (r.suite != session_.negotiated().suite) return Mismatch("receipt names another suite");
+  if (r.vtpm_epoch != offer_.vtpm_epoch)
+    return Mismatch("receipt names vTPM epoch " + std::to_string(r.vtpm_epoch) + ", the offer " +
+                    std::to_string(offer_.vtpm_epoch));
   SOD_RETURN_IF_ERROR(VerifyReceiptSignature(session_.peer_public_key_der(), r,
                                              ReceiptRole::kSource, commit_.signature));
   if (offer_.verify_ram) {

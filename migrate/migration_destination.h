@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 
+#include "base/secret.h"
 #include "migrate/migration.h"
 #include "migrate/migration_state.h"
 
@@ -25,12 +26,30 @@ namespace sod {
 class HostSigner;
 class PeerAttestation;
 
+// What the destination learns of an incoming VM's vTPM (vtpm/README.md): the epoch the offer
+// names and the key its swtpm must load the state blobs with (from the source's VtpmKeyMsg).
+struct IncomingVtpm {
+  uint64_t epoch = 0;
+  SecretBytes migration_key;  // kVtpmKeySize bytes
+};
+
 struct DestinationContext {
   std::string host_id;                // ours, as our certificate names it
   const HostSigner* signer = nullptr;  // required
   OutcomeLedger* ledger = nullptr;     // required
   // Starts the incoming QEMU (VmLaunchMode::kIncoming) for a VM of a migration; required.
   std::function<Result<std::unique_ptr<Vm>>(const VmSpec&, const MigrationId&)> launch_incoming;
+  // VMs with a vTPM (spec.tpm, offer.vtpm_epoch != 0). Both empty: such offers are refused
+  // (kRefused), and so they are when `attestation` is null: a vTPM and its key only go to an
+  // attested host.
+  //   check_vtpm_epoch: anti-rollback; OK only when `epoch` is newer than every epoch this host
+  //     has seen for the VM (else kRefused naming both). Runs before the key is read and before
+  //     anything is launched.
+  //   launch_incoming_vtpm: starts the VM's incoming swtpm (with the migration key) and the
+  //     incoming QEMU attached to it.
+  std::function<Status(const std::string& vm_name, uint64_t epoch)> check_vtpm_epoch;
+  std::function<Result<std::unique_ptr<Vm>>(const VmSpec&, const MigrationId&, const IncomingVtpm&)>
+      launch_incoming_vtpm;
   // Authorization of an offer (may this peer send this VM here?). Empty: every offer from an
   // authenticated cluster host is admitted.
   std::function<Status(const OfferMsg&, const VmSpec&, const std::string& peer_host)> admit;

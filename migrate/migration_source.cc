@@ -4,9 +4,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "base/random.h"
+#include "base/secret.h"
 #include "migrate/control_inbox.h"
 #include "migrate/peer_attestation.h"
 #include "migrate/qmp.h"
@@ -53,6 +55,7 @@ class SourceMigration {
   SourceReport Run();
 
  private:
+  Status CheckVtpmOptions() const;
   Status Offer();
   Status StartStream();
   Status StreamUntilCompleted();
@@ -106,6 +109,23 @@ void SourceMigration::Report(const std::string& phase) {
   progress_(p);
 }
 
+Status SourceMigration::CheckVtpmOptions() const {
+  const std::string& name = vm_.spec().name;
+  if (vm_.spec().tpm != opts_.vtpm.has_value())
+    return Error(Errc::kInvalidArgument, "vm " + name + (vm_.spec().tpm
+                                                             ? " has a vTPM but no vTPM epoch and key were given"
+                                                             : " has no vTPM but vTPM options were given"));
+  if (!opts_.vtpm) return Status::Ok();
+  if (opts_.vtpm->epoch == 0 || !opts_.vtpm->migration_key ||
+      opts_.vtpm->migration_key->size() != kVtpmKeySize)
+    return Error(Errc::kInvalidArgument, "vm " + name + ": vTPM epoch 0 or no 32-byte key");
+  if (!opts_.attestation)
+    return Error(Errc::kAttestation, "vm " + name +
+                                         " has a vTPM: it moves only between attested hosts (its "
+                                         "key is released only to an attested destination)");
+  return Status::Ok();
+}
+
 Status SourceMigration::Offer() {
   if (opts_.migration_id) {
     report_.id = *opts_.migration_id;
@@ -122,8 +142,17 @@ Status SourceMigration::Offer() {
   offer.spec_json = VmSpecToJson(vm_.spec()).dump();
   offer.ram_bytes = uint64_t{vm_.spec().memory_mb} << 20;
   offer.verify_ram = opts_.verify_ram;
+  offer.vtpm_epoch = opts_.vtpm ? opts_.vtpm->epoch : 0;
   SOD_RETURN_IF_ERROR(session_.SendControl(offer));
   Event(SourceEvent::kOfferSent);
+  if (opts_.vtpm) {
+    // Run() attested the destination before the offer: only now may the key leave this host.
+    VtpmKeyMsg key;
+    key.vtpm_epoch = opts_.vtpm->epoch;
+    std::copy(opts_.vtpm->migration_key->span().begin(), opts_.vtpm->migration_key->span().end(),
+              key.migration_key.begin());
+    SOD_RETURN_IF_ERROR(session_.SendControl(key));
+  }
   inbox_.Start();
   SOD_ASSIGN_OR_RETURN(ControlMsg reply, inbox_.Next(opts_.step_timeout, "answer to the offer"));
   if (!std::holds_alternative<PreparedMsg>(reply))
@@ -257,6 +286,7 @@ Status SourceMigration::Commit() {
   r.records = session_.records_sent();
   SOD_ASSIGN_OR_RETURN(r.transcript, session_.Transcript());
   r.suite = session_.negotiated().suite;
+  r.vtpm_epoch = opts_.vtpm ? opts_.vtpm->epoch : 0;
   if (opts_.verify_ram) {
     SOD_ASSIGN_OR_RETURN(r.ram_digest, vm_.RamDigest());
     r.ram_digest_present = true;
@@ -298,8 +328,8 @@ void SourceMigration::Abort(const Status& why, bool tell_peer) {
 
 SourceReport SourceMigration::Run() {
   // The hosts attest to each other before the VM is even named.
-  Status s = Status::Ok();
-  if (opts_.attestation) {
+  Status s = CheckVtpmOptions();
+  if (s.ok() && opts_.attestation) {
     s = opts_.attestation->AttestPeer(session_);
     if (s.ok()) Report("attested");
   }

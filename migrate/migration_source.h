@@ -23,6 +23,15 @@ namespace sod {
 
 class HostSigner;
 class PeerAttestation;
+class SecretBytes;
+
+// A VM's vTPM on the move (vtpm/README.md): its state rides in QEMU's stream (encrypted by the
+// swtpm under `migration_key`), the offer and the receipt name `epoch`, and the key goes to the
+// destination (VtpmKeyMsg) only on an attested session, after the destination passed.
+struct SourceVtpm {
+  uint64_t epoch = 0;                          // the new epoch: this host's epoch + 1 (never 0)
+  const SecretBytes* migration_key = nullptr;  // kVtpmKeySize bytes; must outlive the migration
+};
 
 struct SourceOptions {
   std::string host_id;      // ours, as our certificate names it (goes into the receipt)
@@ -38,6 +47,9 @@ struct SourceOptions {
   // paused before switchover (peer_attestation.h). Null: unattested (mutual TLS only). Must
   // outlive the migration.
   PeerAttestation* attestation = nullptr;
+  // Set exactly when the VM's spec has a vTPM (spec.tpm); needs `attestation`, else the
+  // migration is refused (kAttestation) before the offer.
+  std::optional<SourceVtpm> vtpm;
   // Test seam (empty in production): may alter the receipt after it is built, before signing.
   std::function<void(Receipt&)> mutate_receipt_for_testing;
 };

@@ -286,10 +286,13 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
     } else if (key == "guest_port") {
       SOD_RETURN_IF_ERROR(ReadUnsigned(v, key, UINT16_MAX, n));
       s.guest_port = static_cast<uint16_t>(n);
+    } else if (key == "tpm") {
+      if (!v.is_boolean()) return Invalid(key, "must be true or false");
+      s.tpm = v.get<bool>();
     } else {
       return Invalid(key,
                      "is not a known key (known: name, memory_mb, vcpus, machine, accel, "
-                     "cpu, kernel, initrd, append, disk, guest_port)");
+                     "cpu, kernel, initrd, append, disk, guest_port, tpm)");
     }
   }
   if (!have_name) return Invalid("name", "is required");
@@ -301,7 +304,7 @@ json VmSpecToJson(const VmSpec& s) {
   return json{{"name", s.name},       {"memory_mb", s.memory_mb},  {"vcpus", s.vcpus},
               {"machine", s.machine}, {"accel", s.accel},          {"cpu", s.cpu},
               {"kernel", s.kernel},   {"initrd", s.initrd},        {"append", s.append},
-              {"disk", s.disk},       {"guest_port", s.guest_port}};
+              {"disk", s.disk},       {"guest_port", s.guest_port}, {"tpm", s.tpm}};
 }
 
 Result<VmSpec> LoadVmSpec(const std::string& path) {
@@ -401,6 +404,10 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
   if (paths.qmp_socket.size() >= sizeof(sockaddr_un::sun_path)) {
     return fail(Errc::kInvalidArgument,
                 "QMP socket path " + paths.qmp_socket + " is too long for a unix socket");
+  }
+  if (spec.tpm == paths.tpm_socket.empty()) {
+    return fail(Errc::kInvalidArgument, spec.tpm ? "the spec asks for a vTPM but none is attached"
+                                                 : "a vTPM is attached but the spec has none");
   }
   if (paths.tpm_socket.size() >= sizeof(sockaddr_un::sun_path)) {
     return fail(Errc::kInvalidArgument,

@@ -40,6 +40,9 @@ struct VmSpec {
   std::string append;          // kernel command line, at most 2047 bytes, no control characters
   std::string disk;            // optional raw disk image on shared storage ("" = none)
   uint16_t guest_port = 0;     // guest TCP port forwarded from the host (0 = no network)
+  // A virtual TPM 2.0 (vtpm/): the host runs a swtpm for the VM and attaches it (tpm-tis); its
+  // state moves with the VM. Launch needs VmPaths::tpm_socket exactly when this is set.
+  bool tpm = false;
   bool operator==(const VmSpec&) const = default;
 };
 

@@ -63,13 +63,19 @@ echo
 echo "hosta attests hostb (TPM quotes both ways, bound to a fresh TLS session):"
 "$SODCTL" --state-dir "$DEMO/hosta" attest hostb:$PORT_B --connect 127.0.0.1
 
-bold "4. a guest on hosta (256 MiB, dirtying 64 MiB of memory at 16 MiB/s, heartbeat on its console)"
-sod_guest_spec "$DEMO/demo.json" demo 256 "sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16"
+bold "4. a guest with a vTPM on hosta (256 MiB, dirtying 64 MiB at 16 MiB/s, heartbeat on its console)"
+# Its vTPM: the guest extends PCR 16 and counts in an NV index every second (tools/guest/sod-tpm.c).
+TPM_ARGS="sod.tpm=1 sod.tpm_extend=$(printf 'ab%.0s' $(seq 32)) sod.tpm_ms=1000 sod.tpm_digest=$(printf '5d%.0s' $(seq 32))"
+sod_guest_spec "$DEMO/demo.json" demo 256 \
+  "sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16 $TPM_ARGS" tpm
 "$SODCTL" --state-dir "$DEMO/hosta" vm start "$DEMO/demo.json"
 SERIAL_A=$DEMO/hosta/vms/demo/serial.log
 sod_wait_ready "$SERIAL_A"
 sleep 2
 echo "guest console on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
+for _ in $(seq 100); do grep -qa SOD-TPMLOOP "$SERIAL_A" && break; sleep 0.3; done
+echo "guest TPM on hosta:      $(grep -a 'SOD-TPMLOOP' "$SERIAL_A" | tail -1 | tr -d '\r')"
+"$SODCTL" --state-dir "$DEMO/hosta" vm show demo | grep -E '^(vtpm|phase)'
 PORT_GUEST_A=$("$SODCTL" --state-dir "$DEMO/hosta" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
 echo "guest service via hosta 127.0.0.1:$PORT_GUEST_A: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_A; head -1 <&3" || echo '(no answer)')"
 
@@ -82,6 +88,11 @@ echo "last heartbeat on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
 sleep 2
 echo "heartbeats on hostb:     $(grep -a 'SOD-HB' "$SERIAL_B" | head -1)  ...  $(grep -a 'SOD-HB' "$SERIAL_B" | tail -1)"
 echo "memory check on hostb:   $(grep -a 'SOD-PATTERN' "$SERIAL_B" | tail -1)"
+echo "guest TPM, last on hosta: $(grep -a 'SOD-TPMLOOP' "$SERIAL_A" | tail -1 | tr -d '\r')"
+sleep 1
+echo "guest TPM on hostb:       $(grep -a 'SOD-TPMLOOP' "$SERIAL_B" | tail -1 | tr -d '\r')  (PCR 16 and the NV counter go on)"
+echo "vTPM on hostb: $("$SODCTL" --state-dir "$DEMO/hostb" vm show demo | grep '^vtpm' | sed 's/^vtpm *//')"
+echo "vTPM on hosta: $("$SODCTL" --state-dir "$DEMO/hosta" vm show demo | grep '^vtpm' | sed 's/^vtpm *//')  (state and keys destroyed after the commit)"
 PORT_GUEST_B=$("$SODCTL" --state-dir "$DEMO/hostb" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
 echo "guest service via hostb 127.0.0.1:$PORT_GUEST_B: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_B; head -1 <&3" || echo '(no answer)')"
 "$SODCTL" --state-dir "$DEMO/hosta" vm list
@@ -95,7 +106,7 @@ for h in a b; do
 import json, sys
 r = json.load(open(sys.argv[1]))
 for k in ("migration_id", "vm_name", "source_host", "destination_host", "started", "rounds",
-          "stream_bytes", "wire_bytes", "records", "suite", "transcript", "ram_digest",
+          "stream_bytes", "wire_bytes", "records", "suite", "transcript", "ram_digest", "vtpm_epoch",
           "outcome", "source_signature", "destination_signature"):
     v = r.get(k)
     if isinstance(v, str) and len(v) > 64: v = v[:64] + "..."

@@ -132,6 +132,12 @@ ControlMsg SampleOf(ControlType t) {
       return EvidenceMsg{Bytes(100, 0x17)};
     case ControlType::kAttestOk:
       return AttestOkMsg{};
+    case ControlType::kVtpmKey: {
+      VtpmKeyMsg k;
+      k.vtpm_epoch = 3;
+      k.migration_key.fill(0x6b);
+      return k;
+    }
     case ControlType::kInvalid:
       break;
   }
@@ -156,7 +162,7 @@ TEST_P(ControlRoundTripTest, EveryMessageRoundTripsAndRefusesTruncationAndTraili
   EXPECT_EQ(DecodeControl(b).status().code(), Errc::kMalformed) << "trailing byte";
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, ControlRoundTripTest, ::testing::Range<uint16_t>(1, 13));
+INSTANTIATE_TEST_SUITE_P(AllTypes, ControlRoundTripTest, ::testing::Range<uint16_t>(1, 14));
 
 TEST(ControlTest, MigrationMessagesGolden) {
   MigrationId id{};
@@ -172,6 +178,17 @@ TEST(ControlTest, MigrationMessagesGolden) {
   EXPECT_EQ(ToHex(EncodeControl(SwitchoverCheckMsg{0x10, {}})), "0500" "1000000000000000" "00");
   EXPECT_EQ(ToHex(EncodeControl(EvidenceMsg{{1, 2}})), "0b00" "02000000" "0102");
   EXPECT_EQ(ToHex(EncodeControl(AttestOkMsg{})), "0c00");
+  VtpmKeyMsg k;
+  k.vtpm_epoch = 0x0102;
+  k.migration_key.fill(0xc3);
+  std::string key_hex;
+  for (int i = 0; i < 32; ++i) key_hex += "c3";
+  EXPECT_EQ(ToHex(EncodeControl(k)), "0d00" "0201000000000000" + key_hex);
+}
+
+TEST(ControlTest, VtpmKeyRefusesEpochZero) {
+  VtpmKeyMsg k;  // epoch 0: names no vTPM
+  EXPECT_EQ(DecodeControl(EncodeControl(k)).status().code(), Errc::kMalformed);
 }
 
 TEST(ControlTest, MigrationMessagesRefuseBadFields) {

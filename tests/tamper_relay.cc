@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -353,9 +354,18 @@ bool TamperRelay::DataUpstream(Flow& f) {
     if (mine && is_stream && config_.action == TamperAction::kReplayFromEarlier &&
         stream_index == config_.replay_index)
       replay.assign(rec, rec + total);
-    const bool target = mine && !done &&
-                        (config_.after_bytes ? offset >= *config_.after_bytes
-                                             : is_stream && stream_index == config_.record_index);
+    const bool target =
+        mine && !done &&
+        (!config_.payload_contains.empty()
+             ? is_stream && std::search(rec + kHeaderSize, rec + kHeaderSize + length,
+                                        config_.payload_contains.begin(),
+                                        config_.payload_contains.end()) != rec + kHeaderSize + length
+         : config_.after_bytes ? offset >= *config_.after_bytes
+                               : is_stream && stream_index == config_.record_index);
+    if (target && !config_.payload_contains.empty()) {
+      std::lock_guard<std::mutex> l(mu_);
+      captured_.assign(rec, rec + total);  // as it came, also when it is then altered
+    }
     bool ok = true;
     if (!target) {
       ok = f.Send(rec, total);

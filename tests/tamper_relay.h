@@ -65,6 +65,11 @@ struct TamperConfig {
   uint32_t channel = 1;
   uint64_t record_index = 20;
   std::optional<uint64_t> after_bytes;
+  // Instead, when not empty: the first Stream record whose payload contains these bytes (only
+  // visible with the integrity-only suite hmac-sha256, whose payloads travel in clear); e.g.
+  // "tpm-emulator", the QEMU device section that carries a vTPM's state. captured() then
+  // returns that record as it arrived, whatever the action.
+  std::string payload_contains;
   // kFlipHeaderByte: which of the 24 header bytes (16 = round, 8 = sequence, 1 = type, ...).
   size_t header_offset = 16;
   // kReplayFromEarlier: the Stream record (index, < record_index) sent again instead of the target.

@@ -17,6 +17,7 @@
 #include <tss2/tss2_mu.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -581,6 +582,424 @@ TEST_F(QuoteTest, ConcurrentCallsAreSerialized) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(good.load(), 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealing
+
+// The blob's parts, parsed by the test on its own from the format in attest/README.md.
+struct BlobParts {
+  Bytes magic;
+  uint16_t version = 0;
+  uint32_t mask = 0;
+  Bytes pub;   // TPM2B_PUBLIC as marshalled: BE u16 size, TPMT_PUBLIC
+  Bytes priv;  // TPM2B_PRIVATE as marshalled: BE u16 size, contents
+};
+
+constexpr size_t kBlobHeader = 8 + 2 + 4;
+
+BlobParts SplitBlob(const Bytes& blob) {
+  BlobParts p;
+  EXPECT_GE(blob.size(), kBlobHeader + 4);
+  if (blob.size() < kBlobHeader + 4) return p;
+  p.magic.assign(blob.begin(), blob.begin() + 8);
+  p.version = LoadLe16(blob.data() + 8);
+  p.mask = LoadLe32(blob.data() + 10);
+  size_t at = kBlobHeader;
+  auto take = [&](Bytes& out) {
+    if (blob.size() - at < 2) return;
+    const size_t n = (size_t{blob[at]} << 8) | blob[at + 1];
+    EXPECT_LE(n, blob.size() - at - 2);
+    if (n > blob.size() - at - 2) return;
+    out.assign(blob.begin() + static_cast<ptrdiff_t>(at),
+               blob.begin() + static_cast<ptrdiff_t>(at + 2 + n));
+    at += 2 + n;
+  };
+  take(p.pub);
+  take(p.priv);
+  EXPECT_EQ(at, blob.size()) << "trailing bytes in the blob";
+  return p;
+}
+
+Bytes JoinBlob(const BlobParts& p) {
+  Bytes out = p.magic;
+  out.resize(kBlobHeader);
+  StoreLe16(out.data() + 8, p.version);
+  StoreLe32(out.data() + 10, p.mask);
+  out.insert(out.end(), p.pub.begin(), p.pub.end());
+  out.insert(out.end(), p.priv.begin(), p.priv.end());
+  return out;
+}
+
+// TPM2_PolicyPCR from a zero policy digest, computed by hand (TPM 2.0 Part 3, PolicyPCR):
+// SHA-256(0^32 || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(PCR values)).
+PcrDigest PolicyPcrDigest(const PcrValues& pcrs) {
+  Bytes in(32, 0);
+  in.insert(in.end(), {0x00, 0x00, 0x01, 0x7f});                 // TPM_CC_PolicyPCR
+  in.insert(in.end(), {0x00, 0x00, 0x00, 0x01, 0x00, 0x0b, 3});  // count 1, SHA-256, 3 bytes
+  for (int i = 0; i < 3; ++i) in.push_back(static_cast<uint8_t>(pcrs.selection.mask >> (8 * i)));
+  const PcrDigest values = Composite(pcrs);
+  in.insert(in.end(), values.begin(), values.end());
+  return Sha256(in);
+}
+
+bool Contains(const Bytes& haystack, const Bytes& needle) {
+  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) !=
+         haystack.end();
+}
+
+class SealTest : public TpmTest {
+ protected:
+  void SetUp() override {
+    TpmTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_TRUE(SimulateMeasuredBoot(*tpm_).ok());
+    auto secret = RandomBytes(32);
+    ASSERT_TRUE(secret.ok());
+    secret_ = *secret;
+  }
+  Bytes SealOrDie(ByteSpan secret, PcrSelection pcrs) {
+    auto blob = tpm_->Seal(secret, pcrs);
+    EXPECT_TRUE(blob.ok()) << blob.status().ToString();
+    return blob.ok() ? *blob : Bytes{};
+  }
+  void ExpectUnsealsTo(EsysTpm& tpm, const Bytes& blob, const Bytes& secret) {
+    auto got = tpm.Unseal(blob);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(Bytes(got->span().begin(), got->span().end()), secret);
+  }
+  // No transient object and no session left in the TPM.
+  void ExpectNothingLoaded() {
+    std::string log;
+    for (const char* what :
+         {"handles-transient", "handles-loaded-session", "handles-saved-session"}) {
+      ASSERT_EQ(Run(std::string("tpm2_getcap ") + what + T(), &log), 0) << log;
+      EXPECT_EQ(log.find("0x"), std::string::npos) << what << ": " << log;
+    }
+  }
+
+  // The measured boot's PCRs: what the vTPM master key of a host is sealed to.
+  const PcrSelection boot_ = Select({0, 1, 2, 3, 4, 5, 6, 7});
+  Bytes secret_;
+};
+
+TEST_F(SealTest, SealThenUnsealReturnsTheSecret) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, blob, secret_));
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, blob, secret_));  // not consumed
+  EXPECT_FALSE(Contains(blob, secret_)) << "the secret is in the blob in the clear";
+
+  // The documented format, parsed independently.
+  const BlobParts parts = SplitBlob(blob);
+  EXPECT_EQ(parts.magic, (Bytes{'s', 'o', 'd', '-', 's', 'e', 'a', 'l'}));
+  EXPECT_EQ(parts.version, 1);
+  EXPECT_EQ(parts.mask, boot_.mask);
+  ASSERT_GT(parts.pub.size(), 2u);
+  ASSERT_GT(parts.priv.size(), 2u);
+  const TPMT_PUBLIC pub = ParsePublic(Bytes(parts.pub.begin() + 2, parts.pub.end()));
+  EXPECT_EQ(pub.type, TPM2_ALG_KEYEDHASH);
+  EXPECT_EQ(pub.nameAlg, TPM2_ALG_SHA256);
+  // fixedTPM | fixedParent | adminWithPolicy; no userWithAuth (only the policy unseals), no
+  // sensitiveDataOrigin (the data is ours), no sign/decrypt.
+  EXPECT_EQ(pub.objectAttributes,
+            TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_ADMINWITHPOLICY);
+  EXPECT_EQ(pub.parameters.keyedHashDetail.scheme.scheme, TPM2_ALG_NULL);
+  // The policy is PolicyPCR over the PCR values after the simulated boot, computed by hand.
+  const PcrDigest policy = PolicyPcrDigest(ExpectedPcrsAfterBoot(boot_));
+  ASSERT_EQ(pub.authPolicy.size, 32);
+  EXPECT_EQ(Bytes(pub.authPolicy.buffer, pub.authPolicy.buffer + 32),
+            Bytes(policy.begin(), policy.end()));
+
+  // Each seal is a fresh object: same secret, other blob, both unseal.
+  const Bytes again = SealOrDie(secret_, boot_);
+  EXPECT_NE(again, blob);
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, again, secret_));
+
+  // The smallest and largest secrets, and a single PCR.
+  const Bytes one = {0x42};
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, SealOrDie(one, Select({7})), one));
+  const Bytes largest(Tpm::kMaxSealedSecret, 0xa5);
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, SealOrDie(largest, boot_), largest));
+
+  ASSERT_NO_FATAL_FAILURE(ExpectNothingLoaded());
+}
+
+TEST_F(SealTest, ExtendingASealedPcrRefusesTheUnseal) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  ASSERT_TRUE(tpm_->ExtendPcr(4, Sha256(Bytes{'e', 'v', 'i', 'l'})).ok());
+  auto got = tpm_->Unseal(blob);
+  ASSERT_FALSE(got.ok()) << "unsealed after a sealed PCR changed";
+  EXPECT_EQ(got.status().code(), Errc::kRefused) << got.status().ToString();
+  EXPECT_NE(got.status().message().find("host PCRs changed since sealing"), std::string::npos)
+      << got.status().ToString();
+  EXPECT_NE(got.status().message().find("TPM2_Unseal"), std::string::npos)
+      << got.status().ToString();
+  // Refused every time, and nothing is left loaded by the failed attempts.
+  EXPECT_EQ(tpm_->Unseal(blob).status().code(), Errc::kRefused);
+  ASSERT_NO_FATAL_FAILURE(ExpectNothingLoaded());
+}
+
+TEST_F(SealTest, ChangesOfOtherPcrsDoNotMatter) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  ASSERT_TRUE(tpm_->ExtendPcr(14, Sha256(Bytes{'v'})).ok());
+  ASSERT_TRUE(tpm_->ExtendPcr(16, Sha256(Bytes{'r', 'u', 'n'})).ok());
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, blob, secret_));
+  // A blob sealed to PCR 16 alone does not care about the boot PCRs.
+  const Bytes run = SealOrDie(secret_, Select({16}));
+  ASSERT_TRUE(tpm_->ExtendPcr(0, Sha256(Bytes{'x'})).ok());
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, run, secret_));
+  EXPECT_EQ(tpm_->Unseal(blob).status().code(), Errc::kRefused);
+}
+
+// A host reboot: same TPM (state directory), PCRs reset, then the same measured boot.
+TEST_F(SealTest, BlobSurvivesARebootWithTheSameBoot) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  ASSERT_NO_FATAL_FAILURE(RestartTpm());
+  // Before the boot is measured again the PCRs are at their reset values.
+  auto early = tpm_->Unseal(blob);
+  EXPECT_EQ(early.status().code(), Errc::kRefused) << early.status().ToString();
+  ASSERT_TRUE(SimulateMeasuredBoot(*tpm_).ok());
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, blob, secret_));
+}
+
+// The secret never crosses the TPM connection in the clear (parameter encryption): what
+// EsysTpm sends and receives is recorded by tpm2-tss' pcap TCTI layered over the swtpm one,
+// which takes its file from TCTI_PCAP_FILE whenever a call opens its connection.
+TEST_F(SealTest, TheSecretDoesNotCrossTheTpmConnectionInTheClear) {
+  const std::string seal_pcap = dir_ + "/seal.pcap", unseal_pcap = dir_ + "/unseal.pcap";
+  auto recorded = EsysTpm::Open("pcap:" + swtpm_->tcti());
+  ASSERT_TRUE(recorded.ok()) << recorded.status().ToString();
+  ASSERT_EQ(::setenv("TCTI_PCAP_FILE", seal_pcap.c_str(), 1), 0);
+  auto blob = (*recorded)->Seal(secret_, boot_);
+  ASSERT_EQ(::setenv("TCTI_PCAP_FILE", unseal_pcap.c_str(), 1), 0);
+  auto got = (*recorded)->Unseal(blob.ok() ? *blob : Bytes{});
+  ::unsetenv("TCTI_PCAP_FILE");
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(Bytes(got->span().begin(), got->span().end()), secret_);
+
+  // The recordings are real: TPM2_Create returned the public part of the blob, TPM2_Load got
+  // the private part.
+  const Bytes seal_traffic = ReadFile(seal_pcap), unseal_traffic = ReadFile(unseal_pcap);
+  const BlobParts parts = SplitBlob(*blob);
+  EXPECT_TRUE(Contains(seal_traffic, parts.pub)) << seal_traffic.size() << " bytes recorded";
+  EXPECT_TRUE(Contains(unseal_traffic, parts.priv)) << unseal_traffic.size() << " bytes recorded";
+  EXPECT_FALSE(Contains(seal_traffic, secret_)) << "the secret went to TPM2_Create in the clear";
+  EXPECT_FALSE(Contains(unseal_traffic, secret_)) << "TPM2_Unseal returned the secret in the clear";
+}
+
+// Another host that booted exactly the same (same PCR values) still cannot unseal: the blob is
+// bound to the TPM's owner seed through the SRK.
+TEST_F(SealTest, BlobOfAnotherTpmIsRefused) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  auto other_swtpm = SimulatedTpm::Start(dir_ + "/other-host/tpm");
+  ASSERT_TRUE(other_swtpm.ok()) << other_swtpm.status().ToString();
+  auto other = EsysTpm::Open((*other_swtpm)->tcti());
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  ASSERT_TRUE(SimulateMeasuredBoot(**other).ok());
+  ASSERT_EQ(*(*other)->ReadPcrs(boot_), *tpm_->ReadPcrs(boot_));
+
+  auto got = (*other)->Unseal(blob);
+  ASSERT_FALSE(got.ok()) << "another TPM unsealed the blob";
+  EXPECT_EQ(got.status().code(), Errc::kCrypto) << got.status().ToString();
+  EXPECT_NE(got.status().message().find("not sealed by this TPM"), std::string::npos)
+      << got.status().ToString();
+
+  // And the other way round.
+  auto theirs = (*other)->Seal(secret_, boot_);
+  ASSERT_TRUE(theirs.ok()) << theirs.status().ToString();
+  EXPECT_EQ(tpm_->Unseal(*theirs).status().code(), Errc::kCrypto);
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(**other, *theirs, secret_));
+}
+
+// Blobs altered so that they still decode: the TPM refuses them.
+TEST_F(SealTest, TamperedBlobsAreRefusedByTheTpm) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  const BlobParts parts = SplitBlob(blob);
+  ASSERT_EQ(JoinBlob(parts), blob);
+  {
+    // A bit of the private part (the encrypted sensitive area or its integrity HMAC).
+    BlobParts p = parts;
+    p.priv[p.priv.size() / 2] ^= 0x01;
+    auto got = tpm_->Unseal(JoinBlob(p));
+    EXPECT_EQ(got.status().code(), Errc::kCrypto) << got.status().ToString();
+    EXPECT_NE(got.status().message().find("TPM2_Load"), std::string::npos)
+        << got.status().ToString();
+  }
+  {
+    // The authPolicy: another name, which the private part's integrity HMAC covers. Its first
+    // byte follows the TPM2B size, type, nameAlg, attributes and the policy's own size.
+    BlobParts p = parts;
+    p.pub[2 + 2 + 2 + 4 + 2] ^= 0x01;
+    auto got = tpm_->Unseal(JoinBlob(p));
+    EXPECT_EQ(got.status().code(), Errc::kCrypto) << got.status().ToString();
+  }
+  {
+    // The PCR selection in the header, widened to PCR 16: the policy session then covers other
+    // PCRs than the sealed policy, and the unseal fails like a PCR change.
+    BlobParts p = parts;
+    p.mask |= 1u << 16;
+    auto got = tpm_->Unseal(JoinBlob(p));
+    EXPECT_EQ(got.status().code(), Errc::kRefused) << got.status().ToString();
+  }
+  ASSERT_NO_FATAL_FAILURE(ExpectNothingLoaded());
+}
+
+// Malformed blobs and bad arguments never reach the TPM: checked with the swtpm stopped, where
+// any TPM call fails with kIo.
+TEST_F(SealTest, MalformedBlobsAndBadArgumentsAreRefusedBeforeTheTpm) {
+  const Bytes blob = SealOrDie(secret_, boot_);
+  const BlobParts parts = SplitBlob(blob);
+  ASSERT_TRUE(swtpm_->Stop().ok());
+  ASSERT_EQ(tpm_->Unseal(blob).status().code(), Errc::kIo);
+
+  auto expect_malformed = [&](const Bytes& b, const std::string& what) {
+    auto got = tpm_->Unseal(b);
+    EXPECT_EQ(got.status().code(), Errc::kMalformed) << what << ": " << got.status().ToString();
+    EXPECT_NE(got.status().message().find("sealed blob"), std::string::npos) << what;
+  };
+  for (size_t n = 0; n < blob.size(); ++n)
+    expect_malformed(Bytes(blob.begin(), blob.begin() + static_cast<ptrdiff_t>(n)),
+                     "truncated to " + std::to_string(n));
+  for (size_t i = 0; i < 8; ++i) {
+    Bytes b = blob;
+    b[i] ^= 0x20;
+    expect_malformed(b, "magic byte " + std::to_string(i));
+  }
+  for (uint16_t v : {uint16_t{0}, uint16_t{2}, uint16_t{0x100}, uint16_t{0xffff}}) {
+    BlobParts p = parts;
+    p.version = v;
+    expect_malformed(JoinBlob(p), "version " + std::to_string(v));
+  }
+  for (uint32_t mask : {0u, 1u << 24, 0x80000001u}) {
+    BlobParts p = parts;
+    p.mask = mask;
+    expect_malformed(JoinBlob(p), "mask " + std::to_string(mask));
+  }
+  {
+    Bytes b = blob;
+    b.push_back(0);
+    expect_malformed(b, "trailing byte");
+  }
+  // The TPM2B sizes: zero, one more or less than the contents, and huge.
+  for (Bytes BlobParts::*field : {&BlobParts::pub, &BlobParts::priv}) {
+    for (int delta : {-1, 1}) {
+      BlobParts p = parts;
+      const size_t n = (p.*field).size() - 2 + static_cast<size_t>(delta);
+      (p.*field)[0] = static_cast<uint8_t>(n >> 8);
+      (p.*field)[1] = static_cast<uint8_t>(n);
+      expect_malformed(JoinBlob(p), "TPM2B size off by " + std::to_string(delta));
+    }
+    for (uint16_t n : {uint16_t{0}, uint16_t{0x1000}, uint16_t{0xffff}}) {
+      BlobParts p = parts;
+      (p.*field)[0] = static_cast<uint8_t>(n >> 8);
+      (p.*field)[1] = static_cast<uint8_t>(n);
+      expect_malformed(JoinBlob(p), "TPM2B size " + std::to_string(n));
+    }
+  }
+  {
+    // A huge TPM2B_PRIVATE whose bytes are all there.
+    BlobParts p = parts;
+    p.priv.assign(2 + 0xffff, 0xee);
+    p.priv[0] = 0xff;
+    p.priv[1] = 0xff;
+    expect_malformed(JoinBlob(p), "64 KiB private part");
+  }
+  {
+    Bytes huge = blob;
+    huge.resize(1 << 20, 0);
+    expect_malformed(huge, "1 MiB blob");
+  }
+  // A public area that parses but is not a sealed object as Seal makes it. The attributes are
+  // bytes 4..7 of the TPMT_PUBLIC (after type and nameAlg), i.e. 6..9 of the TPM2B.
+  auto with_public = [&](auto edit, const std::string& what) {
+    BlobParts p = parts;
+    edit(p.pub);
+    expect_malformed(JoinBlob(p), what);
+  };
+  with_public([](Bytes& pub) { pub[9] |= 0x40; }, "userWithAuth set");
+  with_public([](Bytes& pub) { pub[9] |= 0x20; }, "sensitiveDataOrigin set");
+  with_public([](Bytes& pub) { pub[9] &= static_cast<uint8_t>(~0x02); }, "fixedTPM clear");
+  with_public([](Bytes& pub) { pub[7] |= 0x04; }, "sign set");
+  with_public([](Bytes& pub) { pub[5] = 0x0c; }, "nameAlg SHA-384");
+  with_public([](Bytes& pub) { pub[3] = 0x01; }, "type RSA");
+
+  // Every bit of the framing and of the public area's structure (all but the policy digest and
+  // the unique digest, which only the TPM can check) is checked by the decoder.
+  ASSERT_EQ(parts.pub.size(), 2u + 78u);  // TPMT_PUBLIC of a keyedhash object, SHA-256
+  const size_t pub_at = kBlobHeader, priv_at = pub_at + parts.pub.size();
+  auto only_tpm_checks = [&](size_t i) {
+    const bool mask_low = i >= 10 && i < 13;  // another valid selection
+    const bool policy = i >= pub_at + 12 && i < pub_at + 12 + 32;
+    const bool unique = i >= pub_at + 48 && i < pub_at + 48 + 32;
+    return mask_low || policy || unique;
+  };
+  for (size_t i = 0; i < priv_at + 2; ++i) {
+    if (only_tpm_checks(i)) continue;
+    for (uint8_t x : {uint8_t{0x01}, uint8_t{0x80}, uint8_t{0xff}}) {
+      Bytes b = blob;
+      b[i] ^= x;
+      expect_malformed(b, "byte " + std::to_string(i) + " ^ " + std::to_string(x));
+    }
+  }
+
+  // Bad arguments of Seal.
+  EXPECT_EQ(tpm_->Seal(ByteSpan(), boot_).status().code(), Errc::kInvalidArgument);
+  EXPECT_EQ(tpm_->Seal(Bytes(Tpm::kMaxSealedSecret + 1, 1), boot_).status().code(),
+            Errc::kInvalidArgument);
+  EXPECT_EQ(tpm_->Seal(secret_, PcrSelection{}).status().code(), Errc::kInvalidArgument);
+  EXPECT_EQ(tpm_->Seal(secret_, PcrSelection{1u << 24}).status().code(), Errc::kInvalidArgument);
+  // The same call with good arguments does reach the (stopped) TPM.
+  EXPECT_EQ(tpm_->Seal(secret_, boot_).status().code(), Errc::kIo);
+}
+
+// tpm2-tools as an independent second implementation: it unseals our blob (its two TPM2B are
+// tpm2_load's -u/-r files, under the SRK tpm2_createprimary makes from kSrk), and we unseal
+// an object tpm2_create sealed with a PCR policy from tpm2_createpolicy.
+TEST_F(SealTest, Tpm2ToolsInteroperate) {
+  ASSERT_TRUE(InPath("tpm2_unseal")) << "tpm2-tools are needed for this cross-check";
+  const Bytes blob = SealOrDie(secret_, boot_);
+  const BlobParts parts = SplitBlob(blob);
+  const std::string srk = dir_ + "/srk.ctx", pub = dir_ + "/seal.pub", priv = dir_ + "/seal.priv",
+                    obj = dir_ + "/seal.ctx", out = dir_ + "/unsealed", policy = dir_ + "/pcr.pol",
+                    in = dir_ + "/secret";
+  const std::string pcrs = "sha256:0,1,2,3,4,5,6,7";
+  // The SRK of esys_tpm.h: tpm2-tools' default ECC storage primary plus noDA.
+  const std::string kSrk =
+      "tpm2_createprimary -C o -G ecc -a "
+      "'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c ";
+  ASSERT_NO_FATAL_FAILURE(WriteFile(pub, parts.pub));
+  ASSERT_NO_FATAL_FAILURE(WriteFile(priv, parts.priv));
+  std::string log;
+  ASSERT_EQ(Run(kSrk + srk + T(), &log), 0) << log;
+  ASSERT_EQ(Run("tpm2_load -C " + srk + " -u " + pub + " -r " + priv + " -c " + obj + T(), &log), 0)
+      << log;
+  // Without a resource manager tpm2-tools leave their objects loaded: free the slots.
+  ASSERT_EQ(Run("tpm2_flushcontext -t" + T(), &log), 0) << log;
+  ASSERT_EQ(Run("tpm2_unseal -c " + obj + " -p pcr:" + pcrs + " -o " + out + T(), &log), 0) << log;
+  EXPECT_EQ(ReadFile(out), secret_);
+  // Without the policy session the object does not unseal (userWithAuth is clear).
+  ASSERT_EQ(Run("tpm2_flushcontext -t" + T(), &log), 0) << log;
+  ExpectRefused("tpm2_unseal -c " + obj + " -o " + out + T(),
+                "authValue or authPolicy is not available");
+  ASSERT_EQ(Run("tpm2_flushcontext -t" + T(), &log), 0) << log;
+
+  // The other way: tpm2-tools seal, we unseal.
+  const Bytes theirs = {'f', 'r', 'o', 'm', ' ', 't', 'p', 'm', '2', '-', 't', 'o', 'o', 'l', 's'};
+  ASSERT_NO_FATAL_FAILURE(WriteFile(in, theirs));
+  ASSERT_EQ(Run("tpm2_createpolicy --policy-pcr -l " + pcrs + " -L " + policy + T(), &log), 0)
+      << log;
+  ASSERT_EQ(Run(kSrk + srk + T(), &log), 0) << log;
+  ASSERT_EQ(Run("tpm2_create -C " + srk + " -a 'fixedtpm|fixedparent|adminwithpolicy' -L " +
+                    policy + " -i " + in + " -u " + pub + " -r " + priv + T(),
+                &log),
+            0)
+      << log;
+  ASSERT_EQ(Run("tpm2_flushcontext -t" + T(), &log), 0) << log;
+  BlobParts p = parts;
+  p.pub = ReadFile(pub);
+  p.priv = ReadFile(priv);
+  ASSERT_NO_FATAL_FAILURE(ExpectUnsealsTo(*tpm_, JoinBlob(p), theirs));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ json FullSpecJson() {
           {"initrd", "/boot/initrd.img"},
           {"append", "console=ttyS0"},
           {"disk", "/srv/images/web-1.img"},
-          {"guest_port", 8080}};
+          {"guest_port", 8080},
+          {"tpm", true}};
 }
 
 TEST(VmSpecTest, JsonRoundTripWithEveryField) {
@@ -40,6 +41,7 @@ TEST(VmSpecTest, JsonRoundTripWithEveryField) {
   EXPECT_EQ(s->cpu, "host,+ssse3");
   EXPECT_EQ(s->disk, "/srv/images/web-1.img");
   EXPECT_EQ(s->guest_port, 8080);
+  EXPECT_TRUE(s->tpm);
   EXPECT_EQ(VmSpecToJson(*s), FullSpecJson());
   Result<VmSpec> again = VmSpecFromJson(VmSpecToJson(*s));
   ASSERT_TRUE(again.ok());
@@ -140,7 +142,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Refusal{"disk relative", With("disk", "disk.img"), "disk"},
                       Refusal{"guest port above 65535", With("guest_port", 65536), "guest_port"},
                       Refusal{"guest port negative", With("guest_port", -1), "guest_port"},
-                      Refusal{"guest port string", With("guest_port", "22"), "guest_port"}),
+                      Refusal{"guest port string", With("guest_port", "22"), "guest_port"},
+                      Refusal{"tpm as a string", With("tpm", "yes"), "tpm"},
+                      Refusal{"tpm as a number", With("tpm", 1), "tpm"}),
     [](const ::testing::TestParamInfo<Refusal>& info) {
       std::string n;
       for (const char* p = info.param.what; *p; ++p) n += std::isalnum(*p) ? *p : '_';

@@ -19,6 +19,7 @@
 #include "base/bytes.h"
 #include "migrate/vm.h"
 #include "tests/test_guest.h"
+#include "tests/vtpm_guest.h"
 #include "vtpm/vm_tpm.h"
 
 namespace sod::vtpm {
@@ -30,6 +31,7 @@ using nlohmann::json;
 using sod::testing::FindTestGuest;
 using sod::testing::ReadWholeFile;
 using sod::testing::WaitForLine;
+using namespace sod::testing::vtpm_guest;
 
 bool HaveSwtpm() { return std::system("command -v swtpm >/dev/null 2>&1") == 0; }
 
@@ -218,35 +220,6 @@ TEST_F(VmTpmTest, EndsAnOrphanLeftOnItsStateDirectory) {
 
 // ---- a real guest migrating with its vTPM ------------------------------------------------------
 
-std::array<uint8_t, 32> Sha256(ByteSpan a, ByteSpan b) {
-  std::array<uint8_t, 32> out{};
-  unsigned int len = 0;
-  EVP_MD_CTX* c = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(c, EVP_sha256(), nullptr);
-  EVP_DigestUpdate(c, a.data(), a.size());
-  EVP_DigestUpdate(c, b.data(), b.size());
-  EVP_DigestFinal_ex(c, out.data(), &len);
-  EVP_MD_CTX_free(c);
-  return out;
-}
-
-struct LoopLine {
-  std::string pcr;
-  uint64_t nv;
-};
-
-// "SOD-TPMLOOP <seq> pcr16=<hex> nv=<n>" lines of a console, by sequence number.
-std::map<uint64_t, LoopLine> LoopLines(const std::string& serial_log) {
-  static const std::regex re("^SOD-TPMLOOP ([0-9]+) pcr16=([0-9a-f]{64}) nv=([0-9]+)\\r?$");
-  std::map<uint64_t, LoopLine> out;
-  std::istringstream text(ReadWholeFile(serial_log));
-  for (std::string line; std::getline(text, line);) {
-    std::smatch m;
-    if (std::regex_match(line, m, re)) out[std::stoull(m[1])] = LoopLine{m[2], std::stoull(m[3])};
-  }
-  return out;
-}
-
 class VtpmMigrationTest : public TempDir, public ::testing::WithParamInterface<bool> {
  protected:
   void SetUp() override {
@@ -268,12 +241,12 @@ class VtpmMigrationTest : public TempDir, public ::testing::WithParamInterface<b
     VmSpec s;
     s.name = "vtpm";
     s.memory_mb = 256;
+    s.tpm = true;
     // The bzImage: with a TPM, QEMU 7.2's PVH loader puts the initrd over SeaBIOS's ACPI tables
     // (vtpm/README.md), so the ELF vmlinux boots without ACPI and without a TPM.
     s.kernel = fs::path(guest_->initrd).parent_path() / "vmlinuz";
     s.initrd = guest_->initrd;
-    s.append = guest_->cmdline + " sod.hb=0 sod.net=0 sod.tpm=1 sod.tpm_extend=" + kExtendHex +
-               " sod.tpm_ms=300 sod.tpm_digest=" + kLoopHex;
+    s.append = guest_->cmdline + " sod.hb=0 sod.net=0 " + TpmLoopAppend();
     return s;
   }
   Vm* Launch(const VmSpec& spec, const std::string& name, const std::string& tpm_socket,
@@ -297,24 +270,6 @@ class VtpmMigrationTest : public TempDir, public ::testing::WithParamInterface<b
     tpms_.push_back(std::move(t).value());
     return tpms_.back().get();
   }
-  // PCR 16 after the boot extension and `seq` loop extensions.
-  static std::string ExpectedPcr(uint64_t seq) {
-    std::array<uint8_t, 32> v{}, ext, loop;
-    ext.fill(0xab);
-    loop.fill(0x5d);
-    v = Sha256(v, ext);
-    for (uint64_t i = 0; i < seq; ++i) v = Sha256(v, loop);
-    return ToHex(v);
-  }
-  static std::string Repeat(const char* two_hex, int n) {
-    std::string s;
-    for (int i = 0; i < n; ++i) s += two_hex;
-    return s;
-  }
-  // What the guest extends: once at boot (sod.tpm_extend), then in every loop round.
-  static inline const std::string kExtendHex = Repeat("ab", 32);
-  static inline const std::string kLoopHex = Repeat("5d", 32);
-
   std::optional<sod::testing::TestGuest> guest_;
   std::vector<std::unique_ptr<Vm>> vms_;
   std::vector<std::unique_ptr<VmTpm>> tpms_;

@@ -70,6 +70,16 @@ Status RunList(const SoddTarget& sodd, const VmArgs& args) {
   return Status::Ok();
 }
 
+// "running (swtpm pid 123), epoch 2" / "erased (moved away at epoch 3)" / "none".
+std::string VtpmText(const json& vm) {
+  const json v = vm.value("vtpm", json::object());
+  const std::string status = v.value("status", "none");
+  if (status == "none") return "none";
+  std::string s = status;
+  if (v.value("pid", 0) != 0) s += " (swtpm pid " + std::to_string(v.value("pid", 0)) + ")";
+  return s + ", epoch " + std::to_string(v.value("epoch", uint64_t{0}));
+}
+
 Status RunShow(const SoddTarget& sodd, const VmArgs& args) {
   SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", "vm.show"}, {"name", args.name}}));
   if (args.json) {
@@ -95,6 +105,7 @@ Status RunShow(const SoddTarget& sodd, const VmArgs& args) {
       {"append", or_none(spec["append"])},
       {"disk", or_none(spec["disk"])},
       {"forward", Forward(vm)},
+      {"vtpm", VtpmText(vm)},
       {"serial log", Text(vm["serial_log"])},
       {"qemu log", Text(vm["qemu_log"])},
       {"qmp socket", Text(vm["qmp_socket"])},
@@ -155,9 +166,11 @@ void AddVmCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd, Comman
   CLI::App* start_cmd = AddVmSubcommand(
       vm, "start",
       "Start a VM from a JSON spec file: {\"name\", \"memory_mb\", \"vcpus\", \"machine\", "
-      "\"accel\", \"cpu\", \"kernel\", \"initrd\", \"append\", \"disk\", \"guest_port\"}. sodd "
-      "checks it strictly, launches QEMU (RAM in /dev/shm, own session: it survives sodd "
-      "restarts), forwards a host port to guest_port if set, and returns once QEMU runs.",
+      "\"accel\", \"cpu\", \"kernel\", \"initrd\", \"append\", \"disk\", \"guest_port\", "
+      "\"tpm\"}. sodd checks it strictly, launches QEMU (RAM in /dev/shm, own session: it "
+      "survives sodd restarts), forwards a host port to guest_port if set, and returns once "
+      "QEMU runs. \"tpm\": true gives the VM a vTPM 2.0 (a swtpm whose state is encrypted "
+      "under keys sealed to this host's TPM; it moves with the VM; see `vm show`).",
       sodd, action, RunStart, start);
   start_cmd->add_option("spec", start->spec_file, "VM spec (JSON file)")
       ->required()

@@ -18,6 +18,8 @@
 #include <string>
 
 #include "host/attestation_service.h"
+#include "vtpm/tpm_sealer.h"
+#include "vtpm/vtpm_host.h"
 #include "host/forward_ports.h"
 #include "host/host_daemon.h"
 #include "host/migration_service.h"
@@ -240,6 +242,24 @@ int Run(int argc, char** argv) {
     log->warn("attestation OFF (--no-attestation): peers are trusted on their certificate alone");
   }
   (*migrations)->set_attestation((*attest)->peer_attestation());
+  // vTPMs: their keys are kept under a master key sealed to this host's boot PCRs (0-7), so they
+  // need the host TPM; a host whose boot state changed runs on without them (and says so).
+  std::unique_ptr<sod::vtpm::TpmKeySealer> sealer;
+  std::unique_ptr<sod::vtpm::VtpmHost> vtpm_host;
+  if (sod::attest::Tpm* tpm = (*attest)->tpm()) {
+    sealer = std::make_unique<sod::vtpm::TpmKeySealer>(*tpm, sod::attest::PcrSelection{0xFFu});
+    auto vh = sod::vtpm::VtpmHost::Open(config.state_dir, *sealer);
+    if (vh.ok()) {
+      vtpm_host = std::move(*vh);
+      d.registry().SetVtpmHost(vtpm_host.get());
+      log->info("vTPMs on: keys sealed to the {}", vtpm_host->sealer_description());
+    } else {
+      log->error("vTPMs OFF: {}", vh.status().ToString());
+      d.registry().SetVtpmHost(nullptr);
+    }
+  } else {
+    log->warn("vTPMs OFF: no host TPM to seal their keys to");
+  }
   (*migrations)->Install();
   if (sod::Status s = d.Start(); !s.ok()) {
     log->error("cannot start: {}", s.ToString());

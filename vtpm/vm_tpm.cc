@@ -251,6 +251,20 @@ VmTpm::VmTpm(pid_t pid, std::string state_dir, std::string ctrl_socket, std::str
 
 VmTpm::~VmTpm() { (void)Stop(); }
 
+Result<std::unique_ptr<VmTpm>> VmTpm::Adopt(const std::string& state_dir,
+                                            const std::string& ctrl_socket, std::string log_path) {
+  const pid_t pid = LiveSwtpmOn(state_dir);
+  if (pid == 0) return Error(Errc::kNotFound, "vtpm " + state_dir + ": no live swtpm to adopt");
+  std::error_code ec;
+  if (!fs::exists(ctrl_socket, ec))
+    return Error(Errc::kNotFound, "vtpm " + state_dir + ": swtpm pid " + std::to_string(pid) +
+                                      " has no control socket " + ctrl_socket);
+  if (log_path.empty()) log_path = state_dir + "/swtpm.log";
+  std::unique_ptr<VmTpm> tpm(new VmTpm(pid, state_dir, ctrl_socket, std::move(log_path)));
+  tpm->adopted_ = true;
+  return tpm;
+}
+
 Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
                                             const std::string& ctrl_socket,
                                             const SecretBytes& state_key, VmTpmMode mode,
@@ -352,11 +366,27 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
   }
 }
 
-bool VmTpm::TryReap() { return TryReapChild(pid_, reaped_); }
+bool VmTpm::TryReap() {
+  if (released_) return true;
+  if (adopted_) {
+    if (!reaped_ && LiveSwtpmOn(state_dir_) != pid_) reaped_ = true;
+    return reaped_;
+  }
+  return TryReapChild(pid_, reaped_);
+}
 
 bool VmTpm::Running() { return !TryReap(); }
 
 Status VmTpm::Stop(milliseconds grace) {
+  if (released_) return Status::Ok();
+  if (adopted_) {
+    // Not our child: signal it through its pid file (which re-checks its command line).
+    if (!TryReap()) EndOrphanFromPidFile(state_dir_ + "/" + kPidFile, "swtpm",
+                                         "dir=" + state_dir_ + ",mode=0600");
+    if (LiveSwtpmOn(state_dir_) == pid_)
+      return Error(Errc::kIo, "vtpm swtpm pid " + std::to_string(pid_) + " did not end");
+    reaped_ = true;
+  }
   SOD_RETURN_IF_ERROR(StopChild(pid_, reaped_, grace, "vtpm swtpm"));
   ::unlink(ctrl_socket_.c_str());
   ::unlink((state_dir_ + "/" + kPidFile).c_str());

@@ -88,7 +88,15 @@ class VmTpm {
                                               const std::string& ctrl_socket,
                                               const SecretBytes& state_key, VmTpmMode mode,
                                               VmTpmOptions options = {});
-  // Stop(), errors ignored.
+  // Re-attaches to the swtpm an earlier owner (a sodd before its restart) started on
+  // `state_dir`: the pid in STATE/swtpm.pid must be a live swtpm whose command line names exactly
+  // this directory, and `ctrl_socket` must exist (its QEMU keeps using it). Running and Stop then
+  // work on it as on a started one (it is not our child: Stop signals it and waits for it to go).
+  // Errors: kNotFound (no such swtpm, or no control socket).
+  static Result<std::unique_ptr<VmTpm>> Adopt(const std::string& state_dir,
+                                              const std::string& ctrl_socket,
+                                              std::string log_path = "");
+  // Stop(), errors ignored, unless Release was called.
   ~VmTpm();
   VmTpm(const VmTpm&) = delete;
   VmTpm& operator=(const VmTpm&) = delete;
@@ -103,6 +111,11 @@ class VmTpm {
   // SIGTERM, SIGKILL after `grace`, reap; removes the control socket and pid file. OK when it had
   // already ended, also on later calls. Errors: kIo (signal or waitpid failed).
   Status Stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
+  // Forgets the process and leaves it running (an owner that exits while the VM runs on; a later
+  // owner adopts it). Running() is false and Stop() does nothing afterwards.
+  void Release() { released_ = true; }
+  // True when this object adopted the swtpm rather than starting it.
+  bool adopted() const { return adopted_; }
 
  private:
   VmTpm(pid_t pid, std::string state_dir, std::string ctrl_socket, std::string log_path);
@@ -113,6 +126,8 @@ class VmTpm {
   std::string ctrl_socket_;
   std::string log_path_;
   bool reaped_ = false;
+  bool adopted_ = false;   // not our child: liveness from the pid file, Stop signals and waits
+  bool released_ = false;
 };
 
 // True when `state_dir` holds a TPM 2.0 state (swtpm's tpm2-00.permall).

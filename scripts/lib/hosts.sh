@@ -5,7 +5,7 @@
 #                                       the records in DIR/enrollments (SOD_NO_ATTEST=1: sodd
 #                                       --no-attestation; SOD_SODD_ARGS: more sodd options)
 #   sod_enroll_hosts DIR ID...          every host's enrollment record into DIR/enrollments
-#   sod_guest_spec FILE NAME MEM EXTRA  a VM spec for the test guest
+#   sod_guest_spec FILE NAME MEM EXTRA [tpm]  a VM spec for the test guest ("tpm": with a vTPM)
 #   sod_wait_ready SERIAL [TIMEOUT_S]   waits for SOD-READY on a guest console
 #   sod_last_hb SERIAL                  last heartbeat counter (or -1)
 declare -gA SOD_HOST_PID
@@ -43,12 +43,14 @@ sod_enroll_hosts() {
 }
 
 sod_guest_spec() {
-  local file=$1 name=$2 mem=$3 extra=$4 kernel=$GUEST/vmlinuz
-  [ -f "$GUEST/vmlinux" ] && kernel=$GUEST/vmlinux
+  local file=$1 name=$2 mem=$3 extra=$4 tpm=${5:-} kernel=$GUEST/vmlinuz
+  # With a vTPM the guest boots the bzImage (the PVH vmlinux sees no TPM: vtpm/README.md).
+  [ -f "$GUEST/vmlinux" ] && [ "$tpm" != tpm ] && kernel=$GUEST/vmlinux
   cat >"$file" <<JSON
 {"name": "$name", "memory_mb": $mem, "vcpus": 1, "accel": "tcg", "cpu": "qemu64",
  "kernel": "$kernel", "initrd": "$GUEST/initrd.img",
- "append": "$(cat "$GUEST/cmdline") sod.hb=1 $extra", "guest_port": 7777}
+ "append": "$(cat "$GUEST/cmdline") sod.hb=1 $extra", "guest_port": 7777,
+ "tpm": $([ "$tpm" = tpm ] && echo true || echo false)}
 JSON
 }
 
