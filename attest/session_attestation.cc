@@ -65,7 +65,7 @@ Result<Bytes> SessionBinding(const Session& session) {
 }
 
 Verdict SessionAttestation::Check(Session& session, ByteSpan nonce, ByteSpan binding,
-                                  ByteSpan evidence) {
+                                  ByteSpan evidence, bool tolerate_drop) {
   Verdict v;
   Result<Evidence> e = DecodeEvidence(evidence);
   if (!e.ok()) {
@@ -86,6 +86,7 @@ Verdict SessionAttestation::Check(Session& session, ByteSpan nonce, ByteSpan bin
     }
   }
   v.accepted = v.reasons.empty() && v.accepted;
+  v.evacuation = tolerate_drop && !v.accepted && v.Authentic();
   {
     std::lock_guard lock(mu_);
     last_[session.peer_host_id()] = v;
@@ -94,7 +95,13 @@ Verdict SessionAttestation::Check(Session& session, ByteSpan nonce, ByteSpan bin
   return v;
 }
 
-Status SessionAttestation::AttestPeer(Session& session) {
+Status SessionAttestation::AttestPeer(Session& session) { return Mutual(session, false); }
+
+Status SessionAttestation::AttestIncoming(Session& session) {
+  return Mutual(session, policy_.accept_evacuations);
+}
+
+Status SessionAttestation::Mutual(Session& session, bool incoming) {
   AttestChallengeMsg mine;
   SOD_RETURN_IF_ERROR(RandomFill(mine.nonce));
   SOD_RETURN_IF_ERROR(session.SendControl(mine));
@@ -104,8 +111,12 @@ Status SessionAttestation::AttestPeer(Session& session) {
   SOD_ASSIGN_OR_RETURN(Evidence ours, attester_.Produce(theirs.nonce, binding));
   SOD_RETURN_IF_ERROR(session.SendControl(EvidenceMsg{EncodeEvidence(ours)}));
   SOD_ASSIGN_OR_RETURN(EvidenceMsg peer, Expect<EvidenceMsg>(session, "evidence"));
-  Verdict v = Check(session, mine.nonce, binding, peer.evidence);
-  if (!v.accepted)
+  Verdict v = Check(session, mine.nonce, binding, peer.evidence, incoming);
+  if (incoming) {
+    std::lock_guard lock(mu_);
+    last_incoming_[session.peer_host_id()] = v;
+  }
+  if (!v.accepted && !v.evacuation)
     return Error(Errc::kAttestation,
                  "host " + session.peer_host_id() + " refused: " + JoinReasons(v.reasons));
   SOD_RETURN_IF_ERROR(session.SendControl(AttestOkMsg{}));
@@ -129,6 +140,13 @@ Status SessionAttestation::VerifyPeerEvidence(Session& session, ByteSpan nonce,
     return Error(Errc::kAttestation,
                  "host " + session.peer_host_id() + " refused: " + JoinReasons(v.reasons));
   return Status::Ok();
+}
+
+std::optional<Verdict> SessionAttestation::LastIncomingVerdict(const std::string& host_id) const {
+  std::lock_guard lock(mu_);
+  auto it = last_incoming_.find(host_id);
+  if (it == last_incoming_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::optional<Verdict> SessionAttestation::LastVerdict(const std::string& host_id) const {

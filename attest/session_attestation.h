@@ -64,15 +64,24 @@ class SessionAttestation : public PeerAttestation {
         on_verdict_(std::move(on_verdict)) {}
 
   Status AttestPeer(Session& session) override;
+  // AttestPeer, except that with policy.accept_evacuations a peer whose verdict is refused but
+  // Authentic() (only trust drops: changed golden PCRs, violations over the policy) is admitted;
+  // its verdict is then recorded and reported with `evacuation` set.
+  Status AttestIncoming(Session& session) override;
   Result<Bytes> EvidenceFor(Session& session, ByteSpan nonce) override;
   Status VerifyPeerEvidence(Session& session, ByteSpan nonce, ByteSpan evidence) override;
 
   // The verdict of the last AttestPeer/VerifyPeerEvidence about `host_id`, if any.
   std::optional<Verdict> LastVerdict(const std::string& host_id) const;
+  // The verdict of the last AttestIncoming about `host_id` (this host as the destination), if any.
+  std::optional<Verdict> LastIncomingVerdict(const std::string& host_id) const;
 
  private:
-  // Decodes and verifies; records and reports the verdict.
-  Verdict Check(Session& session, ByteSpan nonce, ByteSpan binding, ByteSpan evidence);
+  // Decodes and verifies; records and reports the verdict. With `tolerate_drop`, an authentic
+  // verdict with only trust drops is marked `evacuation` and counts as accepted for the caller.
+  Verdict Check(Session& session, ByteSpan nonce, ByteSpan binding, ByteSpan evidence,
+                bool tolerate_drop = false);
+  Status Mutual(Session& session, bool incoming);
 
   HostAttester& attester_;
   EnrollmentDirectory& enrollments_;
@@ -80,6 +89,7 @@ class SessionAttestation : public PeerAttestation {
   std::function<void(const Verdict&)> on_verdict_;
   mutable std::mutex mu_;
   std::map<std::string, Verdict> last_;
+  std::map<std::string, Verdict> last_incoming_;
 };
 
 // The session's attestation binding: the TLS exporter value both ends share.

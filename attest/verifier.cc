@@ -56,6 +56,10 @@ Verdict VerifyUnchecked(const Evidence& e, const Expectation& x, const Enrollmen
   v.violation_count = e.violation_count;
   v.timestamp_unix_ms = e.timestamp_unix_ms;
   auto refuse = [&](std::string reason) { v.reasons.push_back(std::move(reason)); };
+  auto drop = [&](std::string reason) {  // a trust drop of an authentic host (10, 12)
+    v.trust_drops.push_back(reason);
+    v.reasons.push_back(std::move(reason));
+  };
   const std::string& peer = x.peer_host_id;
 
   // 1. Our own side.
@@ -147,7 +151,7 @@ Verdict VerifyUnchecked(const Evidence& e, const Expectation& x, const Enrollmen
       if (!value)
         refuse("PCR " + std::to_string(pcr) + " is enrolled as golden but not reported");
       else if (!Equal(*value, golden))
-        refuse("PCR " + std::to_string(pcr) + " is " + ToHex(*value) + ", not the value " +
+        drop("PCR " + std::to_string(pcr) + " is " + ToHex(*value) + ", not the value " +
                ToHex(golden) + " enrolled for " + peer);
     }
   }
@@ -164,8 +168,9 @@ Verdict VerifyUnchecked(const Evidence& e, const Expectation& x, const Enrollmen
            std::to_string(e.violation_count) + " (the host hides or invents violations)");
   }
   // 12. Policy.
-  if (e.violation_count > policy.max_violations)
-    refuse(std::to_string(e.violation_count) + " runtime violations; the policy allows at most " +
+  v.violations_over_policy = e.violation_count > policy.max_violations;
+  if (v.violations_over_policy)
+    drop(std::to_string(e.violation_count) + " runtime violations; the policy allows at most " +
            std::to_string(policy.max_violations));
   // 13. Freshness of the host's claim.
   const uint64_t skew = e.timestamp_unix_ms > x.now_unix_ms ? e.timestamp_unix_ms - x.now_unix_ms
@@ -209,7 +214,12 @@ std::string Verdict::Summary() const {
 nlohmann::json Verdict::ToJson() const {
   nlohmann::json reasons_json = nlohmann::json::array();
   for (const std::string& r : reasons) reasons_json.push_back(JsonSafe(r));
+  nlohmann::json drops_json = nlohmann::json::array();
+  for (const std::string& r : trust_drops) drops_json.push_back(JsonSafe(r));
   return nlohmann::json{{"accepted", accepted},
+                        {"authentic", Authentic()},
+                        {"trust_drops", drops_json},
+                        {"evacuation", evacuation},
                         {"reasons", reasons_json},
                         {"host_id", JsonSafe(host_id)},
                         {"architecture", JsonSafe(architecture)},

@@ -46,6 +46,11 @@ inline constexpr uint32_t kMaxVerifiableViolations = 1u << 16;
 
 struct AttestationPolicy {
   uint32_t max_violations = 0;
+  // Evacuation (migrate/PROTOCOL.md, section 8a): as the destination of a session
+  // (PeerAttestation::AttestIncoming), accept a source whose evidence is authentic but reports a
+  // trust drop (Verdict::Authentic): its VMs may leave it. Never affects AttestPeer (a host never
+  // sends a VM to, nor relies on, a host it does not fully trust).
+  bool accept_evacuations = false;
   std::chrono::milliseconds max_clock_skew{120000};
   PcrSelection required = DefaultQuoteSelection();
 };
@@ -71,12 +76,25 @@ struct Verdict {
   uint32_t reset_count = 0;
   uint32_t restart_count = 0;
   std::vector<uint32_t> pcrs_checked;  // the quoted PCRs (ascending) when the quote parsed
+  // The reasons (also in `reasons`) that are a trust drop of an authentic host -- check 10 (a
+  // golden PCR changed) and check 12 (more violations than the policy allows) -- rather than a
+  // failure of identity, signature, binding to this session and nonce, or freshness.
+  std::vector<std::string> trust_drops;
+  bool violations_over_policy = false;  // check 12 failed
+  // Refused, but admitted as the source of an incoming migration (AttestIncoming with
+  // AttestationPolicy::accept_evacuations).
+  bool evacuation = false;
+
+  // Every failed check is a trust drop: the evidence is the enrolled host's own, for this
+  // session, fresh. True for an accepted verdict.
+  bool Authentic() const { return reasons.size() == trust_drops.size(); }
 
   // "hostb: accepted (tpm-host, 0 violations, PCRs 0,1,2,3,4,5,6,7,14)" or
   // "hostb: refused: reason; reason".
   std::string Summary() const;
   // {"accepted", "reasons", "host_id", "architecture", "capability_row", "violation_count",
-  //  "timestamp_unix_ms", "reset_count", "restart_count", "pcrs_checked"}; strings that are not
+  //  "timestamp_unix_ms", "reset_count", "restart_count", "pcrs_checked", "trust_drops",
+  //  "authentic", "evacuation"}; strings that are not
   // well-formed UTF-8 are replaced by "<invalid UTF-8: hex>", so dump() never throws.
   nlohmann::json ToJson() const;
 };

@@ -60,11 +60,13 @@ Result<std::string> RequestVmName(const json& request) {
 
 }  // namespace
 
-void RegisterVmOps(AdminServer& server, VmRegistry& registry) {
-  server.Register("vm.start", [&registry](const json& req, AdminEvents&) -> Result<json> {
+void RegisterVmOps(AdminServer& server, VmRegistry& registry, VmSpecCheck check) {
+  server.Register("vm.start", [&registry, check = std::move(check)](
+                                  const json& req, AdminEvents&) -> Result<json> {
     SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {"spec"}));
     if (!req.contains("spec")) return Error(Errc::kInvalidArgument, "vm.start: \"spec\" missing");
     SOD_ASSIGN_OR_RETURN(VmSpec spec, VmSpecFromJson(req["spec"]));
+    if (check) SOD_RETURN_IF_ERROR(check(spec));
     SOD_ASSIGN_OR_RETURN(VmInfo info, registry.Start(spec));
     return json{{"vm", VmInfoToJson(info)}};
   });

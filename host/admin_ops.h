@@ -28,8 +28,13 @@ namespace sod {
 
 nlohmann::json VmInfoToJson(const VmInfo& info);
 
+// Checks a VM spec before vm.start launches it (sodd: the policy agent validates its security
+// request); an error refuses the start.
+using VmSpecCheck = std::function<Status(const VmSpec&)>;
+
 // Registers vm.start, vm.list, vm.show and vm.stop. `registry` must outlive the server.
-void RegisterVmOps(AdminServer& server, VmRegistry& registry);
+// `check` (may be empty) runs before every vm.start.
+void RegisterVmOps(AdminServer& server, VmRegistry& registry, VmSpecCheck check = {});
 
 // Registers "status": `host_info()` supplies the host part (host id, listen address, sessions,
 // ...), the registry the VMs and the migrations in progress. Both must outlive the server.

@@ -104,7 +104,7 @@ Result<std::unique_ptr<HostDaemon>> HostDaemon::Create(HostDaemonConfig config,
 Status HostDaemon::Start() {
   if (listener_) return Error(Errc::kState, "sodd already started");
   started_at_ = std::chrono::steady_clock::now();
-  RegisterVmOps(*admin_, *registry_);
+  RegisterVmOps(*admin_, *registry_, vm_spec_check_);
   RegisterStatusOp(*admin_, *registry_, [this] { return HostInfo(); });
   RegisterMigrationPlaceholders(*admin_);
 

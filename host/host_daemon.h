@@ -33,6 +33,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "host/admin_ops.h"
 #include "host/admin_server.h"
 #include "host/event_log.h"
 #include "host/forward_ports.h"
@@ -77,6 +78,8 @@ class HostDaemon {
 
   // ---- plug points, before Start ----
   void SetSessionHandler(SessionHandler handler) { session_handler_ = std::move(handler); }
+  // Runs before every vm.start (the policy agent validates the VM's security request).
+  void SetVmSpecCheck(VmSpecCheck check) { vm_spec_check_ = std::move(check); }
   AdminServer& admin() { return *admin_; }
 
   VmRegistry& registry() { return *registry_; }
@@ -117,6 +120,7 @@ class HostDaemon {
   std::unique_ptr<VmRegistry> registry_;
   std::unique_ptr<AdminServer> admin_;
   SessionHandler session_handler_;
+  VmSpecCheck vm_spec_check_;
   std::unique_ptr<MigrationListener> listener_;
   std::chrono::steady_clock::time_point started_at_;
   bool shut_down_ = false;

@@ -94,6 +94,8 @@ void MigrationService::ResolveAfterRestart() {
       auto decided = ledger_->Decide(*id, MigrationOutcome::kAborted, name);  // fence
       if (decided.ok() && *decided == MigrationOutcome::kCommitted) {
         if (state.ok() && *state != "running") (void)vm.Resume();
+        if (vtpm::VtpmHost* vh = d_.registry().vtpm_host(); vh && info.record.vtpm_epoch != 0)
+          (void)vh->RecordEpoch(name, info.record.vtpm_epoch);  // it holds this epoch now
         (void)(*lease)->Finish(LeaseOutcome::kReturned, "committed before the restart");
         action = "kept (committed)";
       } else {
@@ -126,7 +128,7 @@ void MigrationService::ResolveAfterRestart() {
 void MigrationService::Install() {
   ResolveAfterRestart();
   d_.admin().Register("migrate", [this](const json& req, AdminEvents& ev) {
-    return Migrate(req, ev);
+    return MigrateVm(req, [&ev](std::string_view kind, const json& f) { (void)ev.Emit(kind, f); });
   });
   d_.admin().Register("recover", [this](const json& req, AdminEvents& ev) {
     return Recover(req, ev);
@@ -147,7 +149,10 @@ Status MigrationService::SaveReceipt(const SignedReceipt& r) {
   return Status::Ok();
 }
 
-Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
+Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
+  auto send = [&emit](std::string_view kind, const json& f) {
+    if (emit) emit(kind, f);
+  };
   SOD_RETURN_IF_ERROR(CheckRequestKeys(
       req, {"name", "to", "connect", "port", "channels", "suite", "verify_ram", "max_bandwidth",
             "downtime_limit_ms", "converge_timeout_s"}));
@@ -209,7 +214,7 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
     std::ofstream f(pending, std::ios::trunc);
     f << where.dump() << "\n";
   }
-  (void)events.Emit("connecting", where);
+  send("connecting", where);
   auto session =
       Session::Connect(d_.client_tls(), connect, static_cast<uint16_t>(port), to, so);
   if (!session.ok()) {
@@ -220,12 +225,12 @@ Result<json> MigrationService::Migrate(const json& req, AdminEvents& events) {
                                                      session.status().ToString());
     return session.status();
   }
-  (void)events.Emit("session", {{"peer", (*session)->peer_host_id()},
+  send("session", {{"peer", (*session)->peer_host_id()},
                                 {"suite", std::string(SuiteName((*session)->negotiated().suite))},
                                 {"data_channels", (*session)->data_channel_count()}});
   SourceReport report = MigrateOut(**session, lease->vm(), *signer_, opts,
                                    [&](const MigrationProgress& p) {
-                                     (void)events.Emit("progress", ProgressJson(p));
+                                     send("progress", ProgressJson(p));
                                    });
   json result = {{"migration_id", id_hex},
                  {"outcome", SourceOutcomeName(report.outcome)},
@@ -290,6 +295,12 @@ Result<json> MigrationService::Recover(const json& req, AdminEvents& events) {
                                 {"vm", name},
                                 {"outcome", SourceOutcomeName(*r)}});
   std::filesystem::remove(PendingPath(d_.config().state_dir, id));
+  // A vTPM that moved on at the pending migration's epoch: never take that epoch back.
+  if (committed && pending.contains("vtpm_epoch") && pending["vtpm_epoch"].is_number_unsigned()) {
+    const uint64_t epoch = pending["vtpm_epoch"].get<uint64_t>();
+    if (vtpm::VtpmHost* vh = d_.registry().vtpm_host()) (void)vh->RecordEpoch(name, epoch);
+    lease->set_vtpm_epoch(epoch);
+  }
   (void)lease->Finish(committed ? LeaseOutcome::kMigratedAway : LeaseOutcome::kReturned,
                       committed ? "recovered: runs on " + to : "recovered: resumed here");
   return json{{"migration_id", MigrationIdHex(id)}, {"outcome", SourceOutcomeName(*r)}};
@@ -302,6 +313,11 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
   ctx.signer = signer_.get();
   ctx.ledger = ledger_.get();
   ctx.attestation = attestation_;
+  if (admit_) {
+    ctx.admit = [this](const OfferMsg&, const VmSpec& spec, const std::string& peer) {
+      return admit_(spec, peer);
+    };
+  }
   ctx.launch_incoming = [this, &slot](const VmSpec& spec, const MigrationId& id) {
     slot.emplace(d_.registry(), MigrationIdHex(id));
     return slot->Launch(spec);
@@ -336,8 +352,17 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     return;
   }
   if (report.kind != DestinationReport::Kind::kMigration) {
-    // A peer that hangs up after attesting (`sodctl attest`) is no refusal.
-    if (report.error.code() == Errc::kClosed && attestation_) {
+    // A peer that hangs up after attesting (`sodctl attest`, a peer's trust monitor probing
+    // this host every interval) is no refusal; audited at most once a minute per peer.
+    if ((report.error.code() == Errc::kClosed || report.error.code() == Errc::kTruncated) &&
+        attestation_) {
+      {
+        std::lock_guard lock(closed_mu_);
+        auto now = std::chrono::steady_clock::now();
+        auto it = last_closed_.find(peer);
+        if (it != last_closed_.end() && now - it->second < std::chrono::seconds(60)) return;
+        last_closed_[peer] = now;
+      }
       Audit("session.closed", {{"from", peer}, {"reason", report.error.ToString()}});
       return;
     }
@@ -345,6 +370,12 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     return;
   }
   if (report.vm) {
+    if (evacuation_check_ && evacuation_check_(peer))
+      Audit("migration.evacuation-in",
+            {{"migration_id", id_hex},
+             {"vm", report.vm_name},
+             {"from", peer},
+             {"note", "source's trust dropped (evidence authentic): VM evacuated to this host"}});
     if (vh && report.receipt->receipt.vtpm_epoch != 0) {
       Status recorded = vh->RecordEpoch(report.vm_name, report.receipt->receipt.vtpm_epoch);
       if (!recorded.ok())

@@ -17,7 +17,13 @@
 // the registry's (thread-safe), the ledger's (thread-safe) and files per migration id.
 #pragma once
 
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <memory>
+#include <string>
+#include <string_view>
 
 #include "host/host_daemon.h"
 #include "migrate/migration.h"
@@ -44,12 +50,25 @@ class MigrationService {
   // Mutual attestation for every session, both directions (host/attestation_service.h). Null:
   // sessions are unattested (mutual TLS only). Before Install; must outlive the service.
   void set_attestation(PeerAttestation* attestation) { attestation_ = attestation; }
+  // Admission of incoming offers (DestinationContext::admit): the policy agent checks the VM's
+  // security request and that this host covers it. Before Install.
+  using Admit = std::function<Status(const VmSpec& spec, const std::string& from)>;
+  void set_admit(Admit admit) { admit_ = std::move(admit); }
+  // Audits incoming migrations from a source admitted for evacuation (`from`'s verdict). Before
+  // Install.
+  using EvacuationCheck = std::function<bool(const std::string& from)>;
+  void set_evacuation_check(EvacuationCheck check) { evacuation_check_ = std::move(check); }
+
+  // What the "migrate" op does, without an admin connection (the policy agent): `request` as the
+  // op's ({name, to, connect?, port?, ...}); `emit` (may be empty) sees "connecting", "session"
+  // and "progress" events. Returns the outcome object, or the error that ended the migration.
+  using Emit = std::function<void(std::string_view kind, const nlohmann::json& fields)>;
+  Result<nlohmann::json> MigrateVm(const nlohmann::json& request, const Emit& emit);
 
  private:
   MigrationService(HostDaemon& d, std::unique_ptr<HostSigner> signer,
                    std::unique_ptr<FileOutcomeLedger> ledger)
       : d_(d), signer_(std::move(signer)), ledger_(std::move(ledger)) {}
-  Result<nlohmann::json> Migrate(const nlohmann::json& request, AdminEvents& events);
   Result<nlohmann::json> Recover(const nlohmann::json& request, AdminEvents& events);
   void Serve(std::unique_ptr<Session> session);
   void Audit(std::string_view kind, const nlohmann::json& data);
@@ -59,6 +78,10 @@ class MigrationService {
   std::unique_ptr<HostSigner> signer_;
   std::unique_ptr<FileOutcomeLedger> ledger_;
   PeerAttestation* attestation_ = nullptr;
+  Admit admit_;
+  EvacuationCheck evacuation_check_;
+  std::mutex closed_mu_;
+  std::map<std::string, std::chrono::steady_clock::time_point> last_closed_;  // by closed_mu_
 };
 
 }  // namespace sod

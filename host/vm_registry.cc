@@ -355,6 +355,21 @@ Result<VmRegistry::Entry*> VmRegistry::WaitForFree(std::string_view name, millis
   }
 }
 
+Status VmRegistry::SetSecurity(std::string_view name, std::string security) {
+  Lock lock(mu_);
+  SOD_ASSIGN_OR_RETURN(Entry * e, WaitForFree(name, kShowWait, lock));
+  if (e->record.phase != VmPhase::kRunning && e->record.phase != VmPhase::kPaused)
+    return Error(Errc::kState, "VM " + std::string(name) + " does not run here (" +
+                                   std::string(VmPhaseName(e->record.phase)) + ")");
+  VmSpec spec = e->spec;
+  spec.security = std::move(security);
+  SOD_RETURN_IF_ERROR(ValidateVmSpec(spec));
+  SOD_RETURN_IF_ERROR(state_.SaveVm(spec, e->record));
+  e->spec = spec;
+  if (e->vm) e->vm->set_security(spec.security);
+  return Status::Ok();
+}
+
 Result<VmInfo> VmRegistry::Show(std::string_view name) {
   Lock lock(mu_);
   Result<Entry*> free = WaitForFree(name, kShowWait, lock);

@@ -170,6 +170,10 @@ class VmRegistry {
   // seen for the name. Errors: kInvalidArgument (spec), kState (name in use), kExhausted (no
   // port), kUnsupported (a vTPM on a host without vTPM support), VmTpm / Vm::Launch errors.
   Result<VmInfo> Start(const VmSpec& spec);
+  // Replaces a running or paused VM's security request (VmSpec::security, already validated by
+  // the caller) and writes spec.json. kNotFound; kState while a migration holds it or when it
+  // does not run here (migrated away, lost).
+  Status SetSecurity(std::string_view name, std::string security);
   // Every VM, sorted by name (no QMP queries).
   std::vector<VmInfo> List() const;
   // One VM, with its run state from QMP when nobody else uses it. kNotFound.

@@ -321,7 +321,7 @@ DestinationReport AnswerOutcomeQuery(Session& session, DestinationContext& ctx,
 
 DestinationReport ServeSession(Session& session, DestinationContext& ctx) {
   if (ctx.attestation) {
-    Status a = ctx.attestation->AttestPeer(session);
+    Status a = ctx.attestation->AttestIncoming(session);
     if (!a.ok()) {
       if (a.code() != Errc::kAborted) session.SendAbort(a);
       DestinationReport r;

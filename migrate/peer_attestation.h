@@ -24,6 +24,10 @@ class PeerAttestation {
   // accepted ours. Errors: kAttestation (the peer's evidence was refused; the caller tells the
   // peer with an Abort), kAborted (the peer refused ours), or a transport error.
   virtual Status AttestPeer(Session& session) = 0;
+  // The destination's side of a fresh session (migrate/PROTOCOL.md, section 8a): as AttestPeer,
+  // but an implementation may admit a source whose trust dropped while its evidence is still
+  // authentic, so that its VMs can be evacuated. The source side always uses AttestPeer.
+  virtual Status AttestIncoming(Session& session) { return AttestPeer(session); }
   // Destination side of the switchover check: fresh evidence answering `nonce`, bound to
   // `session`.
   virtual Result<Bytes> EvidenceFor(Session& session, ByteSpan nonce) = 0;

@@ -248,6 +248,13 @@ Status ValidateVmSpec(const VmSpec& s) {
       return Invalid("append", "contains a control character");
     }
   }
+  if (!s.security.empty()) {
+    if (s.security.size() > kMaxVmSecurityBytes) {
+      return Invalid("security", "is longer than " + std::to_string(kMaxVmSecurityBytes) + " bytes");
+    }
+    json sec = json::parse(s.security, nullptr, /*allow_exceptions=*/false);
+    if (sec.is_discarded() || !sec.is_object()) return Invalid("security", "must be a JSON object");
+  }
   return Status::Ok();
 }
 
@@ -289,10 +296,18 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
     } else if (key == "tpm") {
       if (!v.is_boolean()) return Invalid(key, "must be true or false");
       s.tpm = v.get<bool>();
+    } else if (key == "security") {
+      if (v.is_null()) {
+        s.security.clear();
+      } else if (!v.is_object()) {
+        return Invalid(key, "must be a JSON object (a security request) or null");
+      } else {
+        s.security = v.dump(-1, ' ', false, json::error_handler_t::replace);
+      }
     } else {
       return Invalid(key,
                      "is not a known key (known: name, memory_mb, vcpus, machine, accel, "
-                     "cpu, kernel, initrd, append, disk, guest_port, tpm)");
+                     "cpu, kernel, initrd, append, disk, guest_port, tpm, security)");
     }
   }
   if (!have_name) return Invalid("name", "is required");
@@ -301,10 +316,15 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
 }
 
 json VmSpecToJson(const VmSpec& s) {
-  return json{{"name", s.name},       {"memory_mb", s.memory_mb},  {"vcpus", s.vcpus},
-              {"machine", s.machine}, {"accel", s.accel},          {"cpu", s.cpu},
-              {"kernel", s.kernel},   {"initrd", s.initrd},        {"append", s.append},
-              {"disk", s.disk},       {"guest_port", s.guest_port}, {"tpm", s.tpm}};
+  json j{{"name", s.name},       {"memory_mb", s.memory_mb},  {"vcpus", s.vcpus},
+         {"machine", s.machine}, {"accel", s.accel},          {"cpu", s.cpu},
+         {"kernel", s.kernel},   {"initrd", s.initrd},        {"append", s.append},
+         {"disk", s.disk},       {"guest_port", s.guest_port}, {"tpm", s.tpm}};
+  if (!s.security.empty()) {
+    json sec = json::parse(s.security, nullptr, /*allow_exceptions=*/false);
+    if (!sec.is_discarded()) j["security"] = sec;
+  }
+  return j;
 }
 
 Result<VmSpec> LoadVmSpec(const std::string& path) {

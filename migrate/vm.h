@@ -43,6 +43,11 @@ struct VmSpec {
   // A virtual TPM 2.0 (vtpm/): the host runs a swtpm for the VM and attaches it (tpm-tis); its
   // state moves with the VM. Launch needs VmPaths::tpm_socket exactly when this is set.
   bool tpm = false;
+  // The customer's security request (policy/README.md, "SecurityRequest": a package or options),
+  // as compact JSON, or "" for none (nothing requested). The VM layer only checks that it is a
+  // JSON object of at most kMaxVmSecurityBytes; sodd resolves and validates it with the policy
+  // library (host/policy_agent.h). It never reaches QEMU, so it may change while the VM runs.
+  std::string security;
   bool operator==(const VmSpec&) const = default;
 };
 
@@ -52,6 +57,7 @@ inline constexpr uint32_t kMaxVmVcpus = 16;
 inline constexpr size_t kMaxVmNameLength = 32;
 inline constexpr size_t kMaxKernelAppendLength = 2047;
 inline constexpr size_t kMaxVmSpecFileBytes = 64 * 1024;
+inline constexpr size_t kMaxVmSecurityBytes = 4096;
 
 // kInvalidArgument unless `name` matches [a-z0-9][a-z0-9-]{0,31}.
 Status ValidateVmName(std::string_view name);
@@ -62,7 +68,8 @@ Status ValidateVmSpec(const VmSpec& spec);
 // kInvalidArgument naming the key. "name" is required, and "kernel" unless "disk" is given; every
 // other key defaults as in VmSpec.
 Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
-// Every field, always (so a spec read back compares equal).
+// Every field, always (so a spec read back compares equal), except "security", which is written
+// (as a JSON object) only when set.
 nlohmann::json VmSpecToJson(const VmSpec& s);
 // Reads a JSON file (at most kMaxVmSpecFileBytes). Errors name the path: kNotFound, kIo,
 // kMalformed (not JSON), kInvalidArgument (VmSpecFromJson).
@@ -138,6 +145,8 @@ class Vm {
 
   const VmSpec& spec() const { return spec_; }
   const VmPaths& paths() const { return paths_; }
+  // Replaces spec().security (it does not concern QEMU). Same thread rule as every other call.
+  void set_security(std::string security) { spec_.security = std::move(security); }
   pid_t pid() const { return pid_; }
   // True when this process spawned the QEMU (Launch), false when it was adopted.
   bool is_child() const { return is_child_; }

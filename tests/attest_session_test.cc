@@ -7,6 +7,8 @@
 #include "attest/session_attestation.h"
 
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -131,6 +133,17 @@ class AttestSessionTest : public ::testing::Test {
     OverSession([&](Session& s) { out.a = sa.AttestPeer(s); },
                 [&](Session& s) {
                   out.b = sb.AttestPeer(s);
+                  if (!out.b.ok() && out.b.code() != Errc::kAborted) s.SendAbort(out.b);
+                });
+    return out;
+  }
+
+  // hosta (initiator) is the source of a migration, hostb (responder) its destination.
+  Both Incoming(SessionAttestation& sa, SessionAttestation& sb) {
+    Both out;
+    OverSession([&](Session& s) { out.a = sa.AttestPeer(s); },
+                [&](Session& s) {
+                  out.b = sb.AttestIncoming(s);
                   if (!out.b.ok() && out.b.code() != Errc::kAborted) s.SendAbort(out.b);
                 });
     return out;
@@ -432,6 +445,88 @@ TEST_F(AttestSessionTest, QuotesMadeByTpm2ToolsAreJudgedByThePolicy) {
   Verdict foreign = verify(e, DefaultQuoteSelection());
   EXPECT_FALSE(foreign.accepted) << foreign.Summary();
   std::cout << "  " << foreign.Summary() << "\n";
+}
+
+
+// --- Evacuation (migrate/PROTOCOL.md, section 8a) ------------------------------------------------
+
+AttestationPolicy Evacuating() {
+  AttestationPolicy p;
+  p.accept_evacuations = true;
+  return p;
+}
+
+TEST_F(AttestSessionTest, DestinationAdmitsAnAuthenticSourceWhoseViolationsTripped) {
+  Enroll(a_);
+  Enroll(b_);
+  ASSERT_EQ(a_.monitor->RecordViolation().value(), 1u);  // the source's trust drops
+  SessionAttestation sa(*a_.attester, *enrollments_, {});
+  SessionAttestation sb(*b_.attester, *enrollments_, Evacuating());
+  Both r = Incoming(sa, sb);
+  EXPECT_TRUE(r.a.ok()) << r.a.ToString();
+  EXPECT_TRUE(r.b.ok()) << r.b.ToString();
+  auto v = sb.LastVerdict("hosta");
+  ASSERT_TRUE(v);
+  EXPECT_FALSE(v->accepted);  // still not trusted: only admitted as a source
+  EXPECT_TRUE(v->evacuation);
+  EXPECT_TRUE(v->Authentic());
+  EXPECT_TRUE(v->violations_over_policy);
+  ASSERT_EQ(v->trust_drops.size(), 1u);
+  EXPECT_NE(v->trust_drops[0].find("violation"), std::string::npos);
+  EXPECT_TRUE(v->ToJson()["evacuation"].get<bool>());
+}
+
+TEST_F(AttestSessionTest, DestinationAdmitsAnAuthenticSourceWhosePcrsChanged) {
+  Enroll(a_);
+  Enroll(b_);
+  PcrDigest evil{};
+  evil.fill(0x66);
+  ASSERT_TRUE(a_.tpm->ExtendPcr(4, evil).ok());
+  SessionAttestation sa(*a_.attester, *enrollments_, {});
+  SessionAttestation sb(*b_.attester, *enrollments_, Evacuating());
+  Both r = Incoming(sa, sb);
+  EXPECT_TRUE(r.b.ok()) << r.b.ToString();
+  auto v = sb.LastVerdict("hosta");
+  ASSERT_TRUE(v);
+  EXPECT_TRUE(v->evacuation);
+  EXPECT_FALSE(v->violations_over_policy);
+  EXPECT_NE(Reasons(v).find("PCR 4"), std::string::npos) << Reasons(v);
+}
+
+TEST_F(AttestSessionTest, WithoutEvacuationsTheDegradedSourceIsRefused) {
+  Enroll(a_);
+  Enroll(b_);
+  ASSERT_EQ(a_.monitor->RecordViolation().value(), 1u);
+  SessionAttestation sa(*a_.attester, *enrollments_, {});
+  SessionAttestation sb(*b_.attester, *enrollments_, {});
+  Both r = Incoming(sa, sb);
+  EXPECT_EQ(r.b.code(), Errc::kAttestation) << r.b.ToString();
+  EXPECT_FALSE(r.a.ok());
+  EXPECT_FALSE(sb.LastVerdict("hosta")->evacuation);
+}
+
+TEST_F(AttestSessionTest, EvacuationNeverAdmitsAnUnauthenticSource) {
+  Enroll(b_);  // hosta is not enrolled: no AK to check its quote with
+  SessionAttestation sa(*a_.attester, *enrollments_, {});
+  SessionAttestation sb(*b_.attester, *enrollments_, Evacuating());
+  Both r = Incoming(sa, sb);
+  EXPECT_EQ(r.b.code(), Errc::kAttestation) << r.b.ToString();
+  auto v = sb.LastVerdict("hosta");
+  ASSERT_TRUE(v);
+  EXPECT_FALSE(v->Authentic());
+  EXPECT_FALSE(v->evacuation);
+}
+
+TEST_F(AttestSessionTest, EvacuatingSourceStillRefusesADegradedDestination) {
+  Enroll(a_);
+  Enroll(b_);
+  ASSERT_EQ(a_.monitor->RecordViolation().value(), 1u);
+  ASSERT_EQ(b_.monitor->RecordViolation().value(), 1u);  // the destination dropped too
+  SessionAttestation sa(*a_.attester, *enrollments_, Evacuating());
+  SessionAttestation sb(*b_.attester, *enrollments_, Evacuating());
+  Both r = Incoming(sa, sb);
+  EXPECT_EQ(r.a.code(), Errc::kAttestation) << r.a.ToString();  // never a VM to such a host
+  EXPECT_FALSE(sa.LastVerdict("hostb")->evacuation);
 }
 
 }  // namespace

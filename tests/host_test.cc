@@ -22,6 +22,7 @@
 #include "host/event_log.h"
 #include "host/forward_ports.h"
 #include "host/migration_listener.h"
+#include "host/policy_agent.h"
 #include "host/state_dir.h"
 #include "migrate/pki.h"
 
@@ -509,6 +510,58 @@ TEST_F(ListenerTest, PlaceholderHandlerTellsThePeerWhy) {
   EXPECT_EQ(m.status().code(), Errc::kAborted);
   EXPECT_NE(m.status().message().find("no migration engine"), std::string::npos)
       << m.status().ToString();
+}
+
+// ---- the security request of a VM spec, as sodd resolves it (host/policy_agent.h) ----
+
+policy::PackageCatalog ShippedPackages() {
+  const std::filesystem::path file = std::filesystem::path(SOD_POLICY_DIR) / "packages.json";
+  auto c = policy::PackageCatalog::LoadFile(file);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? *c : policy::PackageCatalog{};
+}
+
+TEST(ResolveSecurityTest, NoRequestMeansNothingRequested) {
+  auto m = ResolveSecurity(ShippedPackages(), "");
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->empty());
+}
+
+TEST(ResolveSecurityTest, OptionsAndPackagesResolve) {
+  const policy::PackageCatalog p = ShippedPackages();
+  auto b = ResolveSecurity(p, R"({"version": 1, "options": [1, 2], "protect": "CI"})");
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->ToString(), "other-vms:CI hypervisor:CI");
+  auto med = ResolveSecurity(p, R"({"version": 1, "package": "online-medical-records"})");
+  ASSERT_TRUE(med.ok()) << med.status().ToString();
+  EXPECT_EQ(med->options().size(), 4u);
+}
+
+TEST(ResolveSecurityTest, BadRequestsAreRefusedByName) {
+  const policy::PackageCatalog p = ShippedPackages();
+  auto unknown = ResolveSecurity(p, R"({"version": 1, "package": "nope"})");
+  EXPECT_EQ(unknown.status().code(), Errc::kNotFound);
+  auto rule = ResolveSecurity(p, R"({"version": 1, "options": [2, 6], "protect": "CI"})");
+  EXPECT_EQ(rule.status().code(), Errc::kInvalidArgument);
+  EXPECT_NE(rule.status().message().find("excludes option 2"), std::string::npos);
+  auto eight = ResolveSecurity(p, R"({"version": 1, "options": [8], "protect": "CI"})");
+  EXPECT_FALSE(eight.ok());
+  EXPECT_NE(eight.status().message().find("unknown option 8"), std::string::npos);
+  EXPECT_FALSE(ResolveSecurity(p, R"({"version": 1, "package": "a", "options": [1]})").ok());
+  EXPECT_EQ(ResolveSecurity(p, "not json").status().code(), Errc::kMalformed);
+}
+
+// policy set: the request is written to spec.json with the VM (and read back by a restarted
+// sodd); VmSpecToJson carries it as an object.
+TEST_F(StateDirTest, SecurityRequestIsKeptInTheSpecFile) {
+  Result<StateDir> sd = StateDir::Open((dir_ / "state").string());
+  ASSERT_TRUE(sd.ok());
+  VmSpec spec = SmallSpec("web1");
+  spec.security = R"({"options":[1,2],"protect":"CI","version":1})";
+  ASSERT_TRUE(sd->SaveVm(spec, VmRecord{}).ok());
+  Result<VmSpec> back = sd->LoadSpec("web1");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->security, spec.security);
 }
 
 }  // namespace

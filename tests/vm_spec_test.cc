@@ -144,12 +144,36 @@ INSTANTIATE_TEST_SUITE_P(
                       Refusal{"guest port negative", With("guest_port", -1), "guest_port"},
                       Refusal{"guest port string", With("guest_port", "22"), "guest_port"},
                       Refusal{"tpm as a string", With("tpm", "yes"), "tpm"},
-                      Refusal{"tpm as a number", With("tpm", 1), "tpm"}),
+                      Refusal{"tpm as a number", With("tpm", 1), "tpm"},
+                      Refusal{"security as a string", With("security", "basic"), "security"},
+                      Refusal{"security as an array", With("security", json::array({1})),
+                              "security"}),
     [](const ::testing::TestParamInfo<Refusal>& info) {
       std::string n;
       for (const char* p = info.param.what; *p; ++p) n += std::isalnum(*p) ? *p : '_';
       return n;
     });
+
+// The security request travels with the spec as an opaque object (sodd validates it with the
+// policy library); absent means none, and the spec without one is written as before.
+TEST(VmSpecTest, SecurityRequestRoundTripsAndIsOmittedWhenAbsent) {
+  json j = {{"name", "a"}, {"kernel", "/k"},
+            {"security", {{"version", 1}, {"options", {1, 2}}, {"protect", "CI"}}}};
+  Result<VmSpec> s = VmSpecFromJson(j);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->security, R"({"options":[1,2],"protect":"CI","version":1})");
+  EXPECT_EQ(VmSpecToJson(*s)["security"], j["security"]);
+  Result<VmSpec> again = VmSpecFromJson(VmSpecToJson(*s));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *s);
+  Result<VmSpec> none = VmSpecFromJson({{"name", "a"}, {"kernel", "/k"}, {"security", nullptr}});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->security.empty());
+  EXPECT_FALSE(VmSpecToJson(*none).contains("security"));
+  VmSpec big = *s;
+  big.security = "{\"x\":\"" + std::string(kMaxVmSecurityBytes, 'a') + "\"}";
+  EXPECT_EQ(ValidateVmSpec(big).code(), Errc::kInvalidArgument);
+}
 
 TEST(VmSpecTest, NotAnObjectIsRefused) {
   for (const json& j : {json::array(), json("vm"), json(3), json(nullptr)}) {

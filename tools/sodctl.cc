@@ -31,6 +31,7 @@ int Run(int argc, char** argv) {
   sod::sodctl::AddStatusCommand(app, sodd, action);
   sod::sodctl::AddMigrateCommands(app, sodd, action);
   sod::sodctl::AddHostCommands(app, sodd, action);
+  sod::sodctl::AddPolicyCommands(app, sodd, action);
 
   try {
     app.parse(argc, argv);

@@ -39,6 +39,10 @@ void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
 // sodctl host enrollment | enroll | unenroll | enrollments | evidence | violation; sodctl attest
 void AddHostCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
                      CommandAction& action);
+// sodctl policy set | show | explain; sodctl hosts
+void AddPolicyCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
+                       CommandAction& action);
+
 // Exit status 3: the command could not reach sodd (no socket, nobody listening).
 inline constexpr int kExitUnreachable = 3;
 bool IsSoddUnreachable(const Status& status);

@@ -4,7 +4,10 @@
 //        [--admin-socket PATH] [--forward-ports 20000-20999] [--qemu BINARY]
 //        [--data-channels N] [--io auto|uring|posix] [--max-incoming N] [-v]
 //        (--tpm TCTI | --simulated-tpm | --no-attestation) [--enrollments DIR]
-//        [--architecture NAME] [--max-violations N]
+//        [--architecture NAME] [--max-violations N] [--no-evacuation]
+//        [--capabilities FILE]... [--packages FILE]... [--peer HOST=ADDR:PORT]...
+//        [--monitor-interval-ms MS] [--max-outgoing N] [--vm-slots N]
+//        [--moving-target-s S] [--no-target-repeat-s S]
 //
 // Logs to stderr and <state dir>/sodd.log; writes <state dir>/sodd.pid (locked while sodd runs).
 // SIGTERM / SIGINT stop sodd cleanly; VMs keep running and are re-adopted by the next sodd.
@@ -13,6 +16,8 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <filesystem>
+#include <vector>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -23,6 +28,7 @@
 #include "host/forward_ports.h"
 #include "host/host_daemon.h"
 #include "host/migration_service.h"
+#include "host/policy_agent.h"
 #include "migrate/audit_log.h"
 #include "host/state_dir.h"
 #include "spdlog/sinks/basic_file_sink.h"
@@ -31,6 +37,9 @@
 
 #ifndef SOD_VERSION
 #define SOD_VERSION "unknown"
+#endif
+#ifndef SOD_POLICY_DIR
+#define SOD_POLICY_DIR "/usr/share/sod/policy"
 #endif
 
 namespace {
@@ -146,6 +155,47 @@ int Run(int argc, char** argv) {
                  "Runtime violations a peer may report and still be trusted")
       ->capture_default_str()
       ->type_name("N");
+  bool no_evacuation = false;
+  app.add_flag("--no-evacuation", no_evacuation,
+               "Refuse incoming migrations from a source whose trust dropped (by default such a "
+               "source is admitted when its evidence is authentic: migrate/PROTOCOL.md 8a)");
+  std::vector<std::string> capability_files, package_files, peer_specs;
+  uint64_t interval_ms = 1000, max_outgoing = 1, vm_slots = 16, moving_target_s = 0,
+           no_target_repeat_s = 30;
+  app.add_option("--capabilities", capability_files,
+                 "Capability table file(s): the first is the base, later ones extend it "
+                 "[default: " SOD_POLICY_DIR "/capabilities.json]")
+      ->type_name("FILE");
+  app.add_option("--packages", package_files,
+                 "Security package file(s), later ones replacing and extending earlier ones "
+                 "[default: " SOD_POLICY_DIR "/packages.json]")
+      ->type_name("FILE");
+  app.add_option("--peer", peer_specs,
+                 "A host this one monitors and may move VMs to (repeatable)")
+      ->type_name("HOST=ADDR:PORT");
+  app.add_option("--monitor-interval-ms", interval_ms,
+                 "Trust monitor and policy agent interval; 0 turns the agent off")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{3600000}))
+      ->type_name("MS");
+  app.add_option("--max-outgoing", max_outgoing,
+                 "Relocations the agent runs at once; more wait for the next round")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64))
+      ->type_name("N");
+  app.add_option("--vm-slots", vm_slots, "VMs this host takes (its capacity for placement)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096))
+      ->type_name("N");
+  app.add_option("--moving-target-s", moving_target_s,
+                 "Moving-target defense: relocate every VM this often (0 = off)")
+      ->capture_default_str()
+      ->type_name("S");
+  app.add_option("--no-target-repeat-s", no_target_repeat_s,
+                 "Repeat an unchanged policy.no-target audit entry at most this often")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 86400))
+      ->type_name("S");
   app.add_flag("-v,--verbose", verbose, "Debug logging");
   app.footer(
       "Signals: SIGTERM or SIGINT stop sodd; VMs keep running and the next sodd re-adopts them.\n"
@@ -179,6 +229,54 @@ int Run(int argc, char** argv) {
                     : simulated_tpm  ? sod::HostAttestationConfig::Tpm::kSimulated
                                      : sod::HostAttestationConfig::Tpm::kNone;
   attestation.tcti = tcti;
+  attestation.policy.accept_evacuations = !no_evacuation;
+  // The policy: capability table, packages, peers. Refused here, before anything starts.
+  sod::PolicyAgentConfig policy_config;
+  {
+    std::vector<std::filesystem::path> caps(capability_files.begin(), capability_files.end());
+    if (caps.empty()) caps.push_back(SOD_POLICY_DIR "/capabilities.json");
+    auto table = sod::policy::CapabilityTable::LoadFiles(caps);
+    if (!table.ok()) {
+      std::cerr << "sodd: --capabilities: " << table.status().ToString() << "\n";
+      return kExitUsage;
+    }
+    policy_config.table = std::move(*table);
+    if (policy_config.table.Find(attestation.architecture) == nullptr) {
+      std::string rows;
+      for (const auto& r : policy_config.table.rows()) rows += (rows.empty() ? "" : ", ") + r.name;
+      std::cerr << "sodd: --architecture \"" << attestation.architecture
+                << "\" is not a row of the capability table (rows: " << rows << ")\n";
+      return kExitUsage;
+    }
+    std::vector<std::filesystem::path> pkgs(package_files.begin(), package_files.end());
+    if (pkgs.empty()) pkgs.push_back(SOD_POLICY_DIR "/packages.json");
+    auto packages = sod::policy::PackageCatalog::LoadFiles(pkgs);
+    if (!packages.ok()) {
+      std::cerr << "sodd: --packages: " << packages.status().ToString() << "\n";
+      return kExitUsage;
+    }
+    policy_config.packages = std::move(*packages);
+    for (const std::string& spec : peer_specs) {
+      const size_t eq = spec.find('=');
+      sod::PolicyPeer p;
+      if (eq == std::string::npos || eq == 0 ||
+          !ParseListen(spec.substr(eq + 1), p.connect, p.port) || p.port == 0) {
+        std::cerr << "sodd: --peer: expected HOST=ADDR:PORT, got \"" << spec << "\"\n";
+        return kExitUsage;
+      }
+      p.id = spec.substr(0, eq);
+      policy_config.peers.push_back(std::move(p));
+    }
+    policy_config.interval = std::chrono::milliseconds(interval_ms);
+    policy_config.max_outgoing = max_outgoing;
+    policy_config.vm_slots = static_cast<uint32_t>(vm_slots);
+    policy_config.moving_target = std::chrono::seconds(moving_target_s);
+    policy_config.no_target_repeat = std::chrono::seconds(no_target_repeat_s);
+    if (!peer_specs.empty() && no_attestation) {
+      std::cerr << "sodd: --peer needs attestation (the agent judges peers by their evidence)\n";
+      return kExitUsage;
+    }
+  }
   config.io = io == "uring"   ? sod::IoBackend::kUring
               : io == "posix" ? sod::IoBackend::kPosix
                               : sod::IoBackend::kAuto;
@@ -260,11 +358,22 @@ int Run(int argc, char** argv) {
   } else {
     log->warn("vTPMs OFF: no host TPM to seal their keys to");
   }
+  auto agent = sod::PolicyAgent::Create(d, **attest, **migrations, std::move(policy_config));
+  if (!agent.ok()) {
+    log->error("cannot start the policy agent: {}", agent.status().ToString());
+    return kExitError;
+  }
+  (*agent)->Install();
+  (*migrations)->set_evacuation_check([a = attest->get()](const std::string& from) {
+    auto v = a->LastIncomingVerdict(from);
+    return v && v->evacuation;
+  });
   (*migrations)->Install();
   if (sod::Status s = d.Start(); !s.ok()) {
     log->error("cannot start: {}", s.ToString());
     return kExitError;
   }
+  if ((*attest)->peer_attestation()) (*agent)->Start();
 
   for (;;) {
     timespec tick{1, 0};
@@ -275,6 +384,7 @@ int Run(int argc, char** argv) {
     }
     d.Tick();
   }
+  (*agent)->Stop();
   d.Shutdown();
   return kExitOk;
 }
