@@ -7,9 +7,10 @@
 //                admin op "recover" {name} resolves an in-doubt VM by asking its destination.
 //   destination: the session handler serves offers (VMs coming in) and outcome queries.
 //
-// Every migration's start, commit or abort, and every recovery, goes to the host's event sink
-// (the hash-chained audit log in sodd) with its reason; receipts (both signatures) are also kept
-// as <state dir>/receipts/<migration id>.json. Outcomes are decided in <state dir>/outcomes
+// Every migration's start, session (source: the TLS session with the destination is up),
+// commit or abort, and every recovery, goes to the host's event sink (the hash-chained audit log
+// in sodd) with its reason; receipts (both signatures) are also kept as
+// <state dir>/receipts/<migration id>.json. Outcomes are decided in <state dir>/outcomes
 // (FileOutcomeLedger). What recover needs to find the destination again is kept in
 // <state dir>/receipts/<migration id>.pending.json while a migration is in doubt.
 //

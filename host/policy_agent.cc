@@ -40,6 +40,27 @@ json RequestJson(const std::string& security) {
 
 }  // namespace
 
+std::string_view RelocationClassName(RelocationClass c) {
+  switch (c) {
+    case RelocationClass::kUntrustedHost:
+      return "untrusted-host";
+    case RelocationClass::kRequirementChanged:
+      return "requirement-changed";
+    case RelocationClass::kMovingTarget:
+      return "moving-target";
+  }
+  return "unknown";
+}
+
+void OrderRelocations(std::vector<PendingRelocation>& moves) {
+  std::sort(moves.begin(), moves.end(), [](const PendingRelocation& a, const PendingRelocation& b) {
+    if (a.why != b.why) return a.why < b.why;
+    if (a.requested_cells != b.requested_cells) return a.requested_cells > b.requested_cells;
+    if (a.memory_mb != b.memory_mb) return a.memory_mb > b.memory_mb;
+    return a.vm < b.vm;
+  });
+}
+
 Result<policy::RequestMatrix> ResolveSecurity(const policy::PackageCatalog& packages,
                                               const std::string& security) {
   if (security.empty()) return policy::RequestMatrix{};
@@ -93,6 +114,8 @@ void PolicyAgent::Install() {
   d_.admin().Register("policy.explain",
                       [this](const json& req, AdminEvents&) { return OpExplain(req); });
   d_.admin().Register("hosts", [this](const json& req, AdminEvents&) { return OpHosts(req); });
+  d_.admin().Register("policy.place",
+                      [this](const json& req, AdminEvents&) { return OpPlace(req); });
 }
 
 void PolicyAgent::Start() {
@@ -332,20 +355,38 @@ void PolicyAgent::Round() {
     }
   }
   policy::RelocationPlan plan = cluster->RelocateUncovered();
-  std::vector<std::tuple<std::string, std::string, std::string, std::string>> starts;
+  // Everything that wants to move, in priority order (OrderRelocations); at most max_outgoing
+  // run at once, the rest wait for a later round.
+  const bool self_trusted = policy::IsTrusted(self_.state, config_.table);
+  std::vector<PendingRelocation> pending;
   std::set<std::string> planned;
+  auto pend = [&](const policy::Move& m, RelocationClass why) {
+    pending.push_back({m.vm_id, why, requests[m.vm_id].cells().size(), 0, m.to, m.reason});
+    for (const policy::VmState& vm : vms)
+      if (vm.id == m.vm_id) pending.back().memory_mb = vm.memory_mb;
+  };
   for (const policy::Move& m : plan.moves) {
     planned.insert(m.vm_id);
     no_target_.erase(m.vm_id);
-    if (in_flight_.size() + starts.size() >= config_.max_outgoing) continue;  // next round
-    const std::string trigger =
-        changed_.count(m.vm_id) ? "requirement changed (policy set)" : "host trust or coverage";
-    starts.emplace_back(m.vm_id, m.to, m.reason, trigger);
+    pend(m, self_trusted ? RelocationClass::kRequirementChanged : RelocationClass::kUntrustedHost);
   }
-  for (const policy::Move& m : mtd) {
-    if (planned.count(m.vm_id)) continue;
-    if (in_flight_.size() + starts.size() >= config_.max_outgoing) break;
-    starts.emplace_back(m.vm_id, m.to, m.reason, "moving-target defense");
+  for (const policy::Move& m : mtd)
+    if (!planned.count(m.vm_id)) pend(m, RelocationClass::kMovingTarget);
+  OrderRelocations(pending);
+  struct Start {
+    std::string vm, to, why, trigger;
+    RelocationClass priority;
+  };
+  std::vector<Start> starts;
+  for (const PendingRelocation& p : pending) {
+    if (in_flight_.size() + starts.size() >= config_.max_outgoing) break;  // next round
+    std::string trigger = "moving-target defense";
+    if (p.why == RelocationClass::kUntrustedHost)
+      trigger = "host trust dropped";
+    else if (p.why == RelocationClass::kRequirementChanged)
+      trigger = changed_.count(p.vm) ? "requirement changed (policy set)"
+                                     : "request not covered by this host";
+    starts.push_back({p.vm, p.to, p.reason, trigger, p.why});
   }
   const auto now = Clock::now();
   for (const policy::Unplaced& u : plan.unplaced) {
@@ -372,20 +413,28 @@ void PolicyAgent::Round() {
   // VMs covered again: a later no-target is news again.
   for (auto it = no_target_.begin(); it != no_target_.end();)
     it = planned.count(it->first) ? std::next(it) : no_target_.erase(it);
-  for (auto& [vm, to, why, trigger] : starts) {
-    in_flight_.insert(vm);
-    changed_.erase(vm);
-    last_moved_[vm] = now;
+  for (const Start& st : starts) {
+    in_flight_.insert(st.vm);
+    changed_.erase(st.vm);
+    last_moved_[st.vm] = now;
   }
+  const size_t waiting = pending.size() - starts.size();
   lock.unlock();
-  for (auto& [vm, to, why, trigger] : starts) StartMove(vm, self.state.id, to, why, trigger);
+  for (const Start& st : starts)
+    StartMove(st.vm, self.state.id, st.to, st.why, st.trigger, st.priority, waiting);
 }
 
 void PolicyAgent::StartMove(const std::string& vm, const std::string& from, const std::string& to,
-                            const std::string& why, const std::string& trigger) {
+                            const std::string& why, const std::string& trigger,
+                            RelocationClass priority, size_t waiting) {
   const PolicyPeer* peer = FindPeer(to);
-  Audit("policy.relocate",
-        {{"vm", vm}, {"from", from}, {"to", to}, {"why", why}, {"trigger", trigger}});
+  Audit("policy.relocate", {{"vm", vm},
+                            {"from", from},
+                            {"to", to},
+                            {"why", why},
+                            {"trigger", trigger},
+                            {"priority", std::string(RelocationClassName(priority))},
+                            {"waiting", waiting}});
   auto done = std::make_shared<bool>(false);
   json req = {{"name", vm},
               {"to", to},
@@ -539,6 +588,71 @@ Result<json> PolicyAgent::OpHosts(const json& req) {
               {"interval_ms", config_.interval.count()},
               {"max_outgoing", config_.max_outgoing},
               {"moving", std::vector<std::string>(in_flight_.begin(), in_flight_.end())}};
+}
+
+Result<json> PolicyAgent::OpPlace(const json& req) {
+  SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {"spec"}));
+  if (!req.contains("spec") || !req["spec"].is_object())
+    return Error(Errc::kInvalidArgument, "policy.place: \"spec\" must be an object");
+  SOD_ASSIGN_OR_RETURN(VmSpec spec, VmSpecFromJson(req["spec"]));
+  Result<policy::RequestMatrix> m = ResolveSecurity(config_.packages, spec.security);
+  if (!m.ok()) return m.status().WithContext("vm " + spec.name + ": security request");
+  Result<VmInfo> known_here = d_.registry().Show(spec.name);
+  const bool exists_here = known_here.ok();
+  {
+    // This host's own view must be fresh enough to judge its capacity (as vm.start does).
+    std::unique_lock lock(mu_);
+    if (!self_.sampled || Clock::now() - self_.when > std::chrono::seconds(5)) {
+      lock.unlock();
+      Known self = SampleSelf();
+      lock.lock();
+      self_ = self;
+    }
+  }
+  std::lock_guard lock(mu_);
+  std::vector<policy::HostState> states = HostStates();
+  if (exists_here) states[0].free_vm_slots = 0;  // a second VM of that name cannot start here
+  SOD_ASSIGN_OR_RETURN(policy::Cluster cluster, policy::Cluster::Create(config_.table, states, {}));
+  Result<std::string> chosen = cluster.ChooseHost(*m, spec.memory_mb);
+  json hosts = json::array();
+  for (const policy::HostState& h : states) {
+    const bool self = h.id == self_.state.id;
+    json x = policy::Explain(*m, h, config_.table).ToJson();
+    const Known* k = self ? &self_ : nullptr;
+    if (auto p = peers_.find(h.id); p != peers_.end()) k = &p->second;
+    x["self"] = self;
+    x["sampled"] = k != nullptr && k->sampled;
+    x["monitor"] = k ? json(k->reasons) : json::array({"not sampled yet"});
+    json capacity = json::array();
+    if (self) {
+      x["free_vm_slots"] = h.free_vm_slots;
+      x["free_memory_mb"] = h.free_memory_mb;
+      if (exists_here)
+        capacity.push_back("a VM named \"" + spec.name + "\" is already known here (" +
+                           std::string(VmPhaseName(known_here->record.phase)) + ")");
+      else if (h.free_vm_slots == 0)
+        capacity.push_back("no free VM slot (--vm-slots " + std::to_string(config_.vm_slots) + ")");
+      if (h.free_memory_mb < spec.memory_mb)
+        capacity.push_back(std::to_string(h.free_memory_mb) + " MB free, " +
+                           std::to_string(spec.memory_mb) + " MB needed");
+    } else {
+      x["free_vm_slots"] = nullptr;  // peers report no capacity (policy_agent.h)
+      x["free_memory_mb"] = nullptr;
+    }
+    x["capacity"] = capacity;
+    x["can_take"] = x.value("covered", false) && capacity.empty();
+    x["chosen"] = chosen.ok() && *chosen == h.id;
+    hosts.push_back(x);
+  }
+  json reply = {{"vm", spec.name},
+                {"memory_mb", spec.memory_mb},
+                {"request", RequestJson(spec.security)},
+                {"matrix", policy::RequestMatrixToJson(*m)},
+                {"cells", m->ToString()},
+                {"hosts", hosts},
+                {"chosen", chosen.ok() ? json(*chosen) : json(nullptr)}};
+  if (!chosen.ok()) reply["reason"] = chosen.status().message();
+  return reply;
 }
 
 }  // namespace sod

@@ -14,8 +14,10 @@
 //   agent        Every interval (and at once after `policy set`): a policy::Cluster of this host,
 //                its peers and this host's running VMs; RelocateUncovered() plans a move for
 //                every VM this host no longer covers (trust drop, requirement change). Moves run
-//                through MigrationService::MigrateVm, at most `max_outgoing` at a time in plan
-//                order (most constrained first); the rest wait for the next round. A VM without
+//                through MigrationService::MigrateVm, at most `max_outgoing` at a time in
+//                priority order (OrderRelocations below: VMs leaving an untrusted host, then
+//                requirement changes, then moving-target moves; within a class the VM with more
+//                requested cells first); the rest wait for the next round. A VM without
 //                an eligible target stays where it is: "policy.no-target" with every host's
 //                Explain, repeated at most every `no_target_repeat` unless the reasons change.
 //                A relocation that fails is retried after max(interval, 5 s).
@@ -25,11 +27,20 @@
 //                capacity (no such message yet): each peer is offered one VM slot per round with
 //                unbounded memory, which spreads a round's moves over the eligible peers; the
 //                destination's own limits (--max-incoming, launching QEMU) still apply.
-//   audit        policy.request-changed, policy.relocate (vm, from, to, why, trigger),
+//   audit        policy.request-changed, policy.relocate (vm, from, to, why, trigger, priority:
+//                RelocationClassName, waiting: moves left for a later round),
 //                policy.relocated / policy.relocate-failed (outcome), policy.no-target,
 //                policy.trust-changed (this host's or a peer's trust flipped).
+//   deployment   policy.place {spec}: which hosts could take a new VM with this spec (its
+//                request and memory), each with its Explain and capacity, and the one
+//                policy::Cluster::ChooseHost picks, from the agent's current view (the last
+//                samples; a peer not sampled yet is untrusted). It only answers: nothing starts.
+//                Capacity as above: this host's real free slots and memory; each peer one slot
+//                and unbounded memory (so a covering trusted peer is preferred over this host,
+//                whose memory is finite). A VM of that name already on this host makes this host
+//                unable to take it. "chosen" is null when no host can (not an error).
 //   admin ops    policy.set {name, request}, policy.show {name}, policy.explain {name, host},
-//                hosts {} (tools/sodctl_policy.cc).
+//                policy.place {spec}, hosts {} (tools/sodctl_policy.cc).
 //
 // Thread-safety: the ops, the admission check and the monitor thread run concurrently; the
 // agent's state is guarded by one mutex; migrations run on their own threads.
@@ -45,6 +56,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -75,6 +87,29 @@ struct PolicyAgentConfig {
   std::chrono::seconds no_target_repeat{30};
   std::chrono::seconds moving_target{0};  // 0: off
 };
+
+// Why a pending relocation runs, in priority order (lower first; OrderRelocations).
+enum class RelocationClass : uint8_t {
+  kUntrustedHost = 0,       // this host's trust dropped: every uncovered VM must leave it
+  kRequirementChanged = 1,  // this host is trusted but no longer covers the VM's request
+  kMovingTarget = 2,        // moving-target defense: periodic, nothing is exposed meanwhile
+};
+// "untrusted-host", "requirement-changed", "moving-target".
+std::string_view RelocationClassName(RelocationClass c);
+
+struct PendingRelocation {
+  std::string vm;
+  RelocationClass why = RelocationClass::kUntrustedHost;
+  size_t requested_cells = 0;  // cells its request matrix sets
+  uint64_t memory_mb = 0;
+  std::string to;      // target host (carried along, not ordered on)
+  std::string reason;  // carried along
+};
+
+// Sorts `moves` into the order the agent starts them (at most max_outgoing per round, the rest
+// wait for the next round): class (RelocationClass order), then more requested cells first,
+// then more memory first, then VM name (deterministic). Pure.
+void OrderRelocations(std::vector<PendingRelocation>& moves);
 
 // "basic-security" package or options, as SecurityRequest JSON; "" = nothing requested.
 // kInvalidArgument / kMalformed / kNotFound (unknown package) naming the problem.
@@ -118,7 +153,8 @@ class PolicyAgent {
   void Loop();
   void Round();
   void StartMove(const std::string& vm, const std::string& from, const std::string& to,
-                 const std::string& why, const std::string& trigger);
+                 const std::string& why, const std::string& trigger, RelocationClass priority,
+                 size_t waiting);
   void ReapWorkers(bool all);
   std::vector<policy::HostState> HostStates();  // self first; caller holds mu_
   const PolicyPeer* FindPeer(const std::string& id) const;
@@ -128,6 +164,7 @@ class PolicyAgent {
   Result<nlohmann::json> OpShow(const nlohmann::json& req);
   Result<nlohmann::json> OpExplain(const nlohmann::json& req);
   Result<nlohmann::json> OpHosts(const nlohmann::json& req);
+  Result<nlohmann::json> OpPlace(const nlohmann::json& req);
 
   HostDaemon& d_;
   AttestationService& attest_;

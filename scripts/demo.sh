@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # sod demo: two sod hosts on this machine (loopback), each with a (simulated) TPM, enrolled and
-# attesting to each other; a guest booted on host A, moved securely to host B while it runs, with
-# live progress, the signed receipt, and the guest alive on B; then host A's trust drops and a move
-# back to it is refused.
+# attesting to each other; a guest with a vTPM and a security request (protection against other
+# VMs and the hypervisor) booted on host A, moved securely to host B while it runs, with live
+# progress, the signed receipt, and the guest alive on B; then host B's trust drops and its policy
+# agent moves the VM back to A by itself (the audit log says why), and a move to B is refused.
 #
 #   ./scripts/demo.sh            (as root on Debian 12: installs what it needs, builds, runs)
 #
@@ -51,8 +52,12 @@ ls "$DEMO/pki"
 
 bold "3. two sodd hosts on loopback: hosta :$PORT_A, hostb :$PORT_B, each with a TPM (swtpm)"
 # State dirs are $DEMO/hosta and $DEMO/hostb; both trust the records in $DEMO/enrollments.
-sod_start_host "$DEMO" hosta $PORT_A 20100-20199
-sod_start_host "$DEMO" hostb $PORT_B 20200-20299
+# Architectures (rows of Table III, policy/capabilities.json): both protect against other VMs and
+# the hypervisor. Each monitors the other (trust monitor + policy agent, every second).
+SOD_SODD_ARGS="--architecture h-svm --peer hostb=127.0.0.1:$PORT_B" \
+  sod_start_host "$DEMO" hosta $PORT_A 20100-20199
+SOD_SODD_ARGS="--architecture hyperwall --peer hosta=127.0.0.1:$PORT_A" \
+  sod_start_host "$DEMO" hostb $PORT_B 20200-20299
 pids+=("${SOD_HOST_PID[hosta]}" "${SOD_HOST_PID[hostb]}")
 "$SODCTL" --state-dir "$DEMO/hosta" status
 
@@ -68,6 +73,14 @@ bold "4. a guest with a vTPM on hosta (256 MiB, dirtying 64 MiB at 16 MiB/s, hea
 TPM_ARGS="sod.tpm=1 sod.tpm_extend=$(printf 'ab%.0s' $(seq 32)) sod.tpm_ms=1000 sod.tpm_digest=$(printf '5d%.0s' $(seq 32))"
 sod_guest_spec "$DEMO/demo.json" demo 256 \
   "sod.net=1 sod.pattern_mb=32 sod.dirty_mb=64 sod.dirty_rate=16 $TPM_ARGS" tpm
+# The customer's request (paper III-B options 1 and 2): protect it against other VMs and the
+# hypervisor, confidentiality and integrity.
+python3 - "$DEMO/demo.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["security"] = {"version": 1, "options": [1, 2], "protect": "CI"}
+json.dump(spec, open(sys.argv[1], "w"))
+PY
 "$SODCTL" --state-dir "$DEMO/hosta" vm start "$DEMO/demo.json"
 SERIAL_A=$DEMO/hosta/vms/demo/serial.log
 sod_wait_ready "$SERIAL_A"
@@ -76,6 +89,7 @@ echo "guest console on hosta: $(grep -a 'SOD-HB' "$SERIAL_A" | tail -1)"
 for _ in $(seq 100); do grep -qa SOD-TPMLOOP "$SERIAL_A" && break; sleep 0.3; done
 echo "guest TPM on hosta:      $(grep -a 'SOD-TPMLOOP' "$SERIAL_A" | tail -1 | tr -d '\r')"
 "$SODCTL" --state-dir "$DEMO/hosta" vm show demo | grep -E '^(vtpm|phase)'
+"$SODCTL" --state-dir "$DEMO/hosta" policy show demo
 PORT_GUEST_A=$("$SODCTL" --state-dir "$DEMO/hosta" vm show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["host_port"])')
 echo "guest service via hosta 127.0.0.1:$PORT_GUEST_A: $(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_GUEST_A; head -1 <&3" || echo '(no answer)')"
 
@@ -115,18 +129,29 @@ PY
   echo "  audit log: $(wc -l <"$DEMO/host$h/audit.log") hash-chained entries; last: $(tail -1 "$DEMO/host$h/audit.log" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e["kind"], e["hash"][:16])')"
 done
 
-bold "8. hosta's trust drops (a runtime violation is counted into its TPM); moving back is refused"
-"$SODCTL" --state-dir "$DEMO/hosta" host violation --reason "demo: memory integrity violation"
-if "$SODCTL" --state-dir "$DEMO/hostb" migrate demo --to hosta:$PORT_A --connect 127.0.0.1; then
+bold "8. hostb's trust drops (a runtime violation is counted into its TPM): its agent moves the VM back"
+"$SODCTL" --state-dir "$DEMO/hostb" host violation --reason "demo: memory integrity violation"
+for _ in $(seq 300); do
+  [ "$("$SODCTL" --state-dir "$DEMO/hosta" vm show demo --json 2>/dev/null |
+       python3 -c 'import json,sys; print(json.load(sys.stdin)["vm"]["phase"])' 2>/dev/null)" = running ] && break
+  sleep 0.2
+done
+echo "the VM runs on hosta again: $("$SODCTL" --state-dir "$DEMO/hosta" vm list | grep demo)"
+echo "vTPM on hosta: $("$SODCTL" --state-dir "$DEMO/hosta" vm show demo | grep '^vtpm' | sed 's/^vtpm *//')"
+echo "hostb's audit log says why: $(grep -a '"policy.relocate"' "$DEMO/hostb/audit.log" | tail -1 | python3 -c 'import json,sys; e=json.load(sys.stdin)["data"]; print(e["vm"], "->", e["to"], "because", e["why"])')"
+echo "hosta admitted hostb as an evacuating source: $(grep -ac '"migration.evacuation-in"' "$DEMO/hosta/audit.log") time(s)"
+"$SODCTL" --state-dir "$DEMO/hosta" hosts
+echo
+echo "a manual move to hostb is refused (hostb is not trusted any more):"
+if "$SODCTL" --state-dir "$DEMO/hosta" migrate demo --to hostb:$PORT_B --connect 127.0.0.1; then
   echo "UNEXPECTED: the migration to an untrusted host went through" >&2
   exit 1
 fi
-echo "the VM stays on hostb: $("$SODCTL" --state-dir "$DEMO/hostb" vm list | grep demo)"
-echo "hostb's audit log says why: $(grep -a '"attestation.verdict"' "$DEMO/hostb/audit.log" | tail -1 | python3 -c 'import json,sys; e=json.load(sys.stdin); print("; ".join(e["data"]["reasons"]))')"
+echo "the VM stays on hosta: $("$SODCTL" --state-dir "$DEMO/hosta" vm list | grep demo)"
 
 if [ "${SOD_DEMO_KEEP:-0}" = 1 ]; then
   bold "left running (SOD_DEMO_KEEP=1)"
-  echo "  $SODCTL --state-dir $DEMO/hostb vm show demo"
+  echo "  $SODCTL --state-dir $DEMO/hosta vm show demo"
   echo "  kill ${pids[*]}   # stops both sodd (the VM keeps running; vm stop first to end it)"
 else
   bold "done: stopping the VM and both hosts"

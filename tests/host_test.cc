@@ -564,5 +564,37 @@ TEST_F(StateDirTest, SecurityRequestIsKeptInTheSpecFile) {
   EXPECT_EQ(back->security, spec.security);
 }
 
+TEST(OrderRelocationsTest, UntrustedHostThenRequirementThenMovingTarget) {
+  using C = RelocationClass;
+  std::vector<PendingRelocation> moves = {
+      {"mtd-big", C::kMovingTarget, 8, 4096, "h2", ""},
+      {"req-small", C::kRequirementChanged, 2, 128, "h2", ""},
+      {"drop-small", C::kUntrustedHost, 2, 128, "h3", ""},
+      {"req-big", C::kRequirementChanged, 6, 128, "h2", ""},
+      {"drop-big", C::kUntrustedHost, 4, 128, "h3", ""},
+  };
+  OrderRelocations(moves);
+  std::vector<std::string> order;
+  for (const auto& m : moves) order.push_back(m.vm);
+  EXPECT_EQ(order, (std::vector<std::string>{"drop-big", "drop-small", "req-big", "req-small",
+                                             "mtd-big"}));
+}
+
+TEST(OrderRelocationsTest, TiesByMemoryThenName) {
+  using C = RelocationClass;
+  std::vector<PendingRelocation> moves = {
+      {"b", C::kUntrustedHost, 2, 256, "", ""},
+      {"a", C::kUntrustedHost, 2, 256, "", ""},
+      {"c", C::kUntrustedHost, 2, 512, "", ""},
+  };
+  OrderRelocations(moves);
+  EXPECT_EQ(moves[0].vm, "c");
+  EXPECT_EQ(moves[1].vm, "a");
+  EXPECT_EQ(moves[2].vm, "b");
+  EXPECT_EQ(RelocationClassName(C::kUntrustedHost), "untrusted-host");
+  EXPECT_EQ(RelocationClassName(C::kRequirementChanged), "requirement-changed");
+  EXPECT_EQ(RelocationClassName(C::kMovingTarget), "moving-target");
+}
+
 }  // namespace
 }  // namespace sod

@@ -7,6 +7,8 @@
 #      error, nothing changes;
 #   2. "guest" (option 2, hypervisor protection) on hosta; hosta counts a violation -> the agent
 #      moves it to hostb (evacuation admitted by hostb), never to hostc; the audit says why;
+#   2b. deployment mode: `policy place` of new specs from hosta's view -> hostb picked for
+#      option 2; option 4 (no host covers it) -> non-zero exit and every host's reasons;
 #   3. "web" (option 1) on hostc; `policy set web --options 1,2` -> relocated to hostb;
 #   4. hostb's trust drops too -> no eligible host: both VMs stay on hostb, "policy.no-target"
 #      with the reasons, retried (a violation counter never goes down, so no recovery step);
@@ -163,6 +165,35 @@ ctl hostb policy explain guest hosta | grep -q "does NOT cover" && ok "explain: 
   fail "explain hosta: $(ctl hostb policy explain guest hosta)"
 ctl hostb policy explain guest hostc | grep -q "hypervisor.C requested" && ok "explain: hostc lacks hypervisor protection" ||
   fail "explain hostc: $(ctl hostb policy explain guest hostc)"
+
+echo "== 3b. deployment mode: \`policy place\` answers which host takes a new VM (starts nothing)"
+# From hosta's view: hosta untrusted, hostb (hyperwall) and hostc (hypersafe) trusted.
+spec "$W/new2.json" newvm '{"version": 1, "options": [2], "protect": "CI"}'
+out=$(ctl hosta policy place "$W/new2.json" 2>&1) && echo "$out" | grep -q "^placement: hostb" &&
+  ok "option 2 placed on hostb (only trusted host protecting the hypervisor)" || fail "place option 2: $out"
+echo "$out"
+echo "$out" | grep -A3 "^host hostc" | grep -q "hypervisor.C requested" && ok "place: hostc's reason given" ||
+  fail "place: no reason for hostc"
+ctl hosta policy place "$W/new2.json" --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin); h = {x["host"]: x for x in r["hosts"]}
+assert r["chosen"] == "hostb", r
+assert h["hostb"]["can_take"] and not h["hosta"]["can_take"] and not h["hostc"]["can_take"], h
+assert not h["hosta"]["trusted"] and h["hosta"]["self"]
+' && ok "place --json: hostb chosen, hosta and hostc cannot" || fail "place --json"
+spec "$W/new4.json" newvm '{"version": 1, "options": [4], "protect": "CI"}'
+out=$(ctl hosta policy place "$W/new4.json" 2>&1); rc=$?
+[ $rc -ne 0 ] && echo "$out" | grep -q "no host can take vm newvm" && echo "$out" | grep -q "cloud-manager" &&
+  ok "option 4 (cloud manager): no host, exit $rc: $(echo "$out" | tail -1)" || fail "place option 4: rc=$rc $out"
+[ "$(echo "$out" | grep -c "cannot take it")" = 3 ] && ok "place: all three hosts explained" || fail "place reasons: $out"
+spec "$W/new-bad.json" newvm '{"version": 1, "options": [2, 5], "protect": "CI"}'
+refused "place with contradictory options" ctl hosta policy place "$W/new-bad.json"
+refused "place with a missing spec file" ctl hosta policy place "$W/no-such.json"
+out=$(ctl hostb policy place "$W/guest.json" 2>&1) &&
+  fail "hostb placed a second guest: $out" ||
+  { echo "$out" | grep -q 'capacity: a VM named "guest" is already known here (running)' &&
+    ok "hostb cannot take a VM of a name it already runs" || fail "place guest on hostb: $out"; }
+for h in hosta hostb hostc; do [ "$(phase $h newvm)" = none ] || fail "place started newvm on $h"; done
 
 echo "== 4. requirement raised on hostc: web moves to hostb"
 ctl hostc policy set web --options 1,2 && ok "policy set web --options 1,2" || fail "policy set web"

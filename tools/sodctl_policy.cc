@@ -1,11 +1,12 @@
-// sodctl policy set | show | explain, and sodctl hosts: a VM's security request and what the
-// host's policy agent makes of it (host/policy_agent.h).
+// sodctl policy set | show | explain | place, and sodctl hosts: a VM's security request and what
+// the host's policy agent makes of it (host/policy_agent.h).
 #include <charconv>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "migrate/vm.h"
 #include "tools/sodctl_commands.h"
 #include "tools/sodctl_sodd.h"
 
@@ -141,6 +142,42 @@ Status RunHosts(const SoddTarget& sodd, bool as_json) {
   return Status::Ok();
 }
 
+// Exit status: 0 when a host can take the VM, kRefused (non-zero) when none can.
+Status RunPlace(const SoddTarget& sodd, const std::string& file, bool as_json) {
+  Result<VmSpec> spec = LoadVmSpec(file);
+  if (!spec.ok()) return spec.status().WithContext("policy place");
+  SOD_ASSIGN_OR_RETURN(json reply,
+                       CallSodd(sodd, {{"op", "policy.place"}, {"spec", VmSpecToJson(*spec)}}));
+  const json chosen = reply.value("chosen", json());
+  if (as_json) {
+    PrintJson(reply);
+  } else {
+    std::cout << "vm " << Text(reply.value("vm", json())) << " ("
+              << Text(reply.value("memory_mb", json())) << " MB) requests "
+              << Text(reply.value("cells", json())) << "\n";
+    for (const auto& h : reply.value("hosts", json::array())) {
+      std::cout << "host " << Text(h.value("host", json()))
+                << (h.value("self", false) ? " (self)" : "") << " ("
+                << Text(h.value("architecture", json())) << "): "
+                << (h.value("chosen", false)     ? "CHOSEN"
+                    : h.value("can_take", false) ? "can take it"
+                                                 : "cannot take it")
+                << (h.value("trusted", false) ? "" : " (host untrusted)") << "\n";
+      for (const auto& r : h.value("reasons", json::array())) std::cout << "  " << Text(r) << "\n";
+      for (const auto& r : h.value("capacity", json::array()))
+        std::cout << "  capacity: " << Text(r) << "\n";
+      for (const auto& r : h.value("monitor", json::array()))
+        std::cout << "  monitor: " << Text(r) << "\n";
+    }
+    if (chosen.is_string())
+      std::cout << "placement: " << Text(chosen) << " (not started; run `sodctl vm start` there)\n";
+  }
+  if (!chosen.is_string())
+    return Error(Errc::kRefused,
+                 "no host can take vm " + spec->name + ": " + Text(reply.value("reason", json())));
+  return Status::Ok();
+}
+
 }  // namespace
 
 void AddPolicyCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
@@ -189,6 +226,21 @@ void AddPolicyCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
   ex->add_flag("--json", *as_json, "Print sodd's reply as JSON");
   ex->callback([&action, sodd, vm, host, as_json] {
     action = [sodd, vm, host, as_json] { return RunExplain(*sodd, *vm, *host, *as_json); };
+  });
+
+  auto spec_file = std::make_shared<std::string>();
+  CLI::App* pl = policy->add_subcommand(
+      "place",
+      "Deployment mode: which hosts (this one and its peers) could take a new VM with this spec "
+      "and its security request, why the others cannot, and the one the policy picks "
+      "(capacity-aware, never an untrusted host); starts nothing. Exit status 1 when no host "
+      "can take it");
+  pl->add_option("spec", *spec_file, "VM spec JSON file (as for vm start)")
+      ->required()
+      ->type_name("SPEC.json");
+  pl->add_flag("--json", *as_json, "Print sodd's reply as JSON");
+  pl->callback([&action, sodd, spec_file, as_json] {
+    action = [sodd, spec_file, as_json] { return RunPlace(*sodd, *spec_file, *as_json); };
   });
 
   CLI::App* hs = app.add_subcommand(
