@@ -1,6 +1,7 @@
 #include "host/migration_service.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -32,8 +33,15 @@ json ProgressJson(const MigrationProgress& p) {
           {"elapsed_s", p.elapsed_s}};
 }
 
+json PhasesJson(const PhaseTimes& t) {
+  json j = json::array();
+  for (const auto& [name, ms] : t.marks()) j.push_back({{"phase", name}, {"ms", std::round(ms * 10) / 10}});
+  return j;
+}
+
 json SummaryJson(const SourceReport& r) {
-  return {{"total_s", r.total_s},
+  return {{"phases_ms", PhasesJson(r.phases)},
+          {"total_s", r.total_s},
           {"downtime_ms", r.downtime_ms},
           {"qemu_downtime_ms", r.qemu_downtime_ms},
           {"stream_bytes", r.stream_bytes},
@@ -389,7 +397,9 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     }
     (void)SaveReceipt(*report.receipt);
     Audit("migration.commit",
-          {{"role", "destination"}, {"receipt", SignedReceiptJson(*report.receipt)}});
+          {{"role", "destination"},
+           {"receipt", SignedReceiptJson(*report.receipt)},
+           {"phases_ms", PhasesJson(report.phases)}});
     Status s = slot->Adopt(std::move(report.vm));
     if (!s.ok()) Audit("migration.adopt-failed", {{"migration_id", id_hex}, {"reason", s.ToString()}});
   } else {

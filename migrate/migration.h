@@ -8,6 +8,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/status.h"
 #include "migrate/control.h"
@@ -39,6 +41,24 @@ struct MigrationProgress {
   double elapsed_s = 0;
 };
 using ProgressFn = std::function<void(const MigrationProgress&)>;
+
+// When each step of a migration ended, in ms since the migration began on this host (the
+// source's session start, the destination's offer), in order. For "where does the time go":
+// `sodctl migrate --json` and the audit log show them.
+class PhaseTimes {
+ public:
+  PhaseTimes() : t0_(std::chrono::steady_clock::now()) {}
+  void Mark(std::string name) {
+    marks_.emplace_back(std::move(name), std::chrono::duration<double, std::milli>(
+                                             std::chrono::steady_clock::now() - t0_)
+                                             .count());
+  }
+  const std::vector<std::pair<std::string, double>>& marks() const { return marks_; }
+
+ private:
+  std::chrono::steady_clock::time_point t0_;
+  std::vector<std::pair<std::string, double>> marks_;
+};
 
 // Where a host durably decides what became of each migration it received, before it acts on
 // the decision. A migration is decided once: the destination decides "committed" before it

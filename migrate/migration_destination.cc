@@ -2,10 +2,13 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "migrate/peer_attestation.h"
 #include "migrate/qmp.h"
+#include "migrate/ram_stream.h"
 #include "migrate/session.h"
 #include "migrate/socket.h"
 #include "migrate/stream_pump.h"
@@ -35,6 +38,8 @@ class DestinationMigration {
   Status ReceiveUntilCommit();
   Status VerifyAndResume();
   void Fail(const Status& why, bool tell_peer);
+  Status CheckRamDigest(const Receipt& r);
+  void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Event(DestinationEvent e) {
     Status s = sm_.On(e);
     if (!s.ok() && report_.error.ok()) report_.error = s;
@@ -48,8 +53,26 @@ class DestinationMigration {
   std::unique_ptr<Vm> vm_;
   UniqueFd engine_fd_;
   std::unique_ptr<StreamSink> sink_;
+  std::unique_ptr<RamStreamTracker> tracker_;  // the RAM pages of the stream we load (verify_ram)
   CommitBody commit_;
 };
+
+Status DestinationMigration::CheckRamDigest(const Receipt& r) {
+  if (!r.ram_digest_present) return Mismatch("the offer promised a RAM digest");
+  SOD_RETURN_IF_ERROR(tracker_->status().WithContext("following the RAM in the stream"));
+  if (!tracker_->ram_complete()) return Mismatch("the stream ended before its last RAM pages");
+  const RamPageTable* loaded = tracker_->Block(kRamBlockName);
+  if (loaded == nullptr || loaded->length != offer_.ram_bytes)
+    return Mismatch("the stream carries no RAM block " + std::string(kRamBlockName) + " of " +
+                    std::to_string(offer_.ram_bytes) + " bytes");
+  const size_t never = static_cast<size_t>(std::count(loaded->seen.begin(), loaded->seen.end(), 0));
+  if (never != 0) return Mismatch("the stream never carried " + std::to_string(never) + " RAM pages");
+  const auto digest = RamTableDigest(*loaded);
+  if (digest != r.ram_digest)
+    return Mismatch("guest RAM differs from the source's (digest of the RAM loaded here " +
+                    ToHex(digest) + ", of the source's RAM " + ToHex(r.ram_digest) + ")");
+  return Status::Ok();
+}
 
 Result<IncomingVtpm> DestinationMigration::ReceiveVtpm(const VmSpec& spec) {
   const std::string& name = spec.name;
@@ -97,6 +120,7 @@ Status DestinationMigration::Prepare() {
   } else {
     SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
   }
+  Mark("launched");
   QmpClient& qmp = vm_->qmp();
   SOD_RETURN_IF_ERROR(
       qmp.Execute("migrate-set-capabilities",
@@ -116,6 +140,10 @@ Status DestinationMigration::Prepare() {
 
   sink_ = std::make_unique<StreamSink>(engine_fd_.get(), session_.data_readers(),
                                        ctx_.step_timeout);
+  if (offer_.verify_ram) {
+    tracker_ = std::make_unique<RamStreamTracker>(offer_.ram_bytes + (256ull << 20));
+    sink_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
+  }
   // A broken data channel or a dead QEMU: tell the source at once (it is streaming and would
   // otherwise only notice through a stalled channel).
   sink_->Start([this](const Status& s) { session_.SendAbort(s); });
@@ -123,6 +151,7 @@ Status DestinationMigration::Prepare() {
   SOD_RETURN_IF_ERROR(session_.SendControl(PreparedMsg{
       std::to_string(v.major) + "." + std::to_string(v.minor) + "." + std::to_string(v.micro)}));
   Event(DestinationEvent::kPrepared);
+  Mark("prepared");
   return Status::Ok();
 }
 
@@ -167,6 +196,7 @@ Status DestinationMigration::ReceiveUntilCommit() {
         }
         SOD_RETURN_IF_ERROR(session_.SendControl(ok));
         Event(DestinationEvent::kSwitchoverApproved);
+        Mark("switchover-ok");
         continue;
       }
       case RecordType::kCommit: {
@@ -174,6 +204,7 @@ Status DestinationMigration::ReceiveUntilCommit() {
           return Error(Errc::kState, "commit before the switchover check");
         SOD_ASSIGN_OR_RETURN(commit_, DecodeCommit(rec->payload));
         Event(DestinationEvent::kCommitReceived);
+        Mark("commit-received");
         return Status::Ok();
       }
       default:
@@ -198,6 +229,7 @@ Status DestinationMigration::VerifyAndResume() {
     return Error(Errc::kIo, "the incoming QEMU failed to load the stream");
   SOD_ASSIGN_OR_RETURN(std::string state, vm_->RunState());
   if (state != "paused") return Error(Errc::kState, "incoming VM is " + state + ", not paused");
+  Mark("stream-loaded");
 
   // 2. The same records, in the same order, as the source sent.
   const uint64_t received = session_.records_received() - 1;  // the commit itself excluded
@@ -227,13 +259,8 @@ Status DestinationMigration::VerifyAndResume() {
                     std::to_string(offer_.vtpm_epoch));
   SOD_RETURN_IF_ERROR(VerifyReceiptSignature(session_.peer_public_key_der(), r,
                                              ReceiptRole::kSource, commit_.signature));
-  if (offer_.verify_ram) {
-    if (!r.ram_digest_present) return Mismatch("the offer promised a RAM digest");
-    SOD_ASSIGN_OR_RETURN(auto digest, vm_->RamDigest());
-    if (digest != r.ram_digest)
-      return Mismatch("guest RAM differs from the source's (digest " + ToHex(digest) + " vs " +
-                      ToHex(r.ram_digest) + ")");
-  }
+  if (offer_.verify_ram) SOD_RETURN_IF_ERROR(CheckRamDigest(r));
+  Mark("verified");
 
   // 4. Decide, then resume. A recovery query that fenced this migration wins.
   if (ctx_.before_decide_for_testing) ctx_.before_decide_for_testing(offer_.migration_id);
@@ -252,12 +279,14 @@ Status DestinationMigration::VerifyAndResume() {
     return resumed.WithContext("resuming the incoming VM");
   }
   Event(DestinationEvent::kCommitVerified);
+  Mark("resumed");
   const uint64_t resumed_ms = UnixMillisNow();
   SOD_ASSIGN_OR_RETURN(Bytes sig, SignReceipt(*ctx_.signer, r, ReceiptRole::kDestination));
   report_.receipt = SignedReceipt{r, commit_.signature, sig};
   if (ctx_.after_resume_for_testing) ctx_.after_resume_for_testing(session_);
   // The VM runs here now; if the acknowledgement is lost the source recovers by asking.
   (void)session_.SendControl(CommitAckMsg{resumed_ms, sig});
+  Mark("acknowledged");
   return Status::Ok();
 }
 

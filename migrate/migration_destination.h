@@ -75,6 +75,7 @@ struct DestinationReport {
   std::string vm_name;
   std::unique_ptr<Vm> vm;                // the running VM, when committed
   std::optional<SignedReceipt> receipt;  // when committed
+  PhaseTimes phases;  // launched, prepared, switchover-ok, commit-received, stream-loaded, ...
 };
 
 DestinationReport ServeSession(Session& session, DestinationContext& ctx);

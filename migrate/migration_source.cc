@@ -6,12 +6,15 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
 
 #include "base/random.h"
 #include "base/secret.h"
 #include "migrate/control_inbox.h"
 #include "migrate/peer_attestation.h"
 #include "migrate/qmp.h"
+#include "migrate/ram_stream.h"
 #include "migrate/session.h"
 #include "migrate/socket.h"
 #include "migrate/stream_pump.h"
@@ -51,6 +54,7 @@ class SourceMigration {
                   const ProgressFn& progress)
       : session_(session), vm_(vm), signer_(signer), opts_(o), progress_(progress),
         inbox_(session) {}
+  ~SourceMigration() { JoinRamHash(); }
 
   SourceReport Run();
 
@@ -62,6 +66,12 @@ class SourceMigration {
   Status Switchover();
   Status Commit();
   void Abort(const Status& why, bool tell_peer);
+  void StartRamHash();
+  void JoinRamHash() {
+    if (ram_thread_.joinable()) ram_thread_.join();
+  }
+  Status CheckRam(Receipt& r);
+  void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Report(const std::string& phase);
   void Event(SourceEvent e);
   Result<json> QueryMigrate() { return vm_.qmp().Execute("query-migrate"); }
@@ -84,7 +94,35 @@ class SourceMigration {
   json last_query_ = json::object();  // the last query-migrate answer
   Receipt receipt_;
   Bytes source_signature_;
+  // RAM check (verify_ram): the stream's pages as they leave, the paused RAM's pages.
+  std::unique_ptr<RamStreamTracker> tracker_;
+  std::thread ram_thread_;
+  std::optional<Result<RamPageTable>> ram_pages_;
 };
+
+void SourceMigration::StartRamHash() {
+  if (!tracker_ || ram_thread_.joinable() || ram_pages_) return;
+  // QEMU has paused the VM: its RAM is final. Hash it while the switchover check, the last
+  // pages and the device state go on.
+  ram_thread_ = std::thread([this] { ram_pages_ = vm_.RamPages(); });
+}
+
+Status SourceMigration::CheckRam(Receipt& r) {
+  JoinRamHash();
+  if (!ram_pages_) return Error(Errc::kInternal, "the RAM was never hashed");
+  if (!ram_pages_->ok()) return ram_pages_->status().WithContext("hashing the guest RAM");
+  const RamPageTable& ram = **ram_pages_;
+  SOD_RETURN_IF_ERROR(tracker_->status().WithContext("following the RAM in QEMU's stream"));
+  if (!tracker_->ram_complete())
+    return Error(Errc::kState, "QEMU's stream ended before its last RAM pages");
+  const RamPageTable* sent = tracker_->Block(kRamBlockName);
+  if (sent == nullptr)
+    return Error(Errc::kState, "QEMU's stream has no RAM block " + std::string(kRamBlockName));
+  SOD_RETURN_IF_ERROR(CompareRamTables(ram, *sent));
+  r.ram_digest = RamTableDigest(ram);
+  r.ram_digest_present = true;
+  return Status::Ok();
+}
 
 void SourceMigration::Event(SourceEvent e) {
   // A refused transition is a bug in this file; it is reported rather than ignored.
@@ -178,15 +216,25 @@ Status SourceMigration::StartStream() {
   SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, fds.first.get()));
   fds.first.Reset();  // QEMU holds its own copy now
   pump_ = std::make_unique<StreamPump>(engine_fd_.get(), session_.data_writers());
+  if (opts_.verify_ram) {
+    // Room for the ROMs and firmware blocks next to the guest's RAM.
+    tracker_ = std::make_unique<RamStreamTracker>((uint64_t{vm_.spec().memory_mb} << 20) +
+                                                  (256ull << 20));
+    pump_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
+  }
   pump_->Start();
   SOD_RETURN_IF_ERROR(qmp.Execute("migrate", {{"uri", std::string("fd:") + kFdName}}).status());
   qemu_migrating_ = true;
   Event(SourceEvent::kStreamStarted);
+  Mark("streaming");
   return Status::Ok();
 }
 
 Status SourceMigration::Switchover() {
   Event(SourceEvent::kPausedForSwitchover);
+  Mark("paused");
+  if (opts_.at_pause_for_testing) opts_.at_pause_for_testing();
+  StartRamHash();
   Report("switchover");
   SwitchoverCheckMsg check{pump_->stream_bytes(), {}};
   // Trust can drop mid-migration: the destination proves its state again, fresh.
@@ -202,6 +250,7 @@ Status SourceMigration::Switchover() {
   if (opts_.attestation)
     SOD_RETURN_IF_ERROR(opts_.attestation->VerifyPeerEvidence(session_, check.nonce, ok->evidence)
                             .WithContext("switchover check"));
+  Mark("switchover-ok");
   return vm_.qmp().Execute("migrate-continue", {{"state", "pre-switchover"}}).status();
 }
 
@@ -222,6 +271,7 @@ Status SourceMigration::StreamUntilCompleted() {
         } else if (status == "completed") {
           qemu_migrating_ = false;
           Event(SourceEvent::kQemuCompleted);
+          Mark("qemu-completed");
           return Status::Ok();
         } else if (status == "failed" || status == "cancelled") {
           qemu_migrating_ = false;
@@ -266,6 +316,7 @@ Status SourceMigration::StreamUntilCompleted() {
 Status SourceMigration::Commit() {
   Report("completing");
   SOD_RETURN_IF_ERROR(pump_->Wait().WithContext("sending the stream"));
+  Mark("stream-sent");
   if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
   const json ram = last_query_.value("ram", json::object());
   report_.qemu_downtime_ms = static_cast<double>(U64(last_query_, "downtime"));
@@ -288,8 +339,9 @@ Status SourceMigration::Commit() {
   r.suite = session_.negotiated().suite;
   r.vtpm_epoch = opts_.vtpm ? opts_.vtpm->epoch : 0;
   if (opts_.verify_ram) {
-    SOD_ASSIGN_OR_RETURN(r.ram_digest, vm_.RamDigest());
-    r.ram_digest_present = true;
+    StartRamHash();  // normally started at the pause already
+    SOD_RETURN_IF_ERROR(CheckRam(r));
+    Mark("ram-checked");
   }
   if (opts_.mutate_receipt_for_testing) opts_.mutate_receipt_for_testing(r);
   SOD_ASSIGN_OR_RETURN(source_signature_, SignReceipt(signer_, r, ReceiptRole::kSource));
@@ -299,11 +351,13 @@ Status SourceMigration::Commit() {
   Report("commit");
   SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kCommit, body));
   Event(SourceEvent::kCommitSent);
+  Mark("commit-sent");
   return Status::Ok();
 }
 
 void SourceMigration::Abort(const Status& why, bool tell_peer) {
   if (pump_) pump_->Stop();
+  JoinRamHash();
   if (tell_peer) session_.SendAbort(why);
   if (qemu_migrating_) {
     (void)vm_.qmp().Execute("migrate_cancel");
@@ -332,8 +386,10 @@ SourceReport SourceMigration::Run() {
   if (s.ok() && opts_.attestation) {
     s = opts_.attestation->AttestPeer(session_);
     if (s.ok()) Report("attested");
+    if (s.ok()) Mark("attested");
   }
   if (s.ok()) s = Offer();
+  if (s.ok()) Mark("prepared");
   if (s.ok()) s = StartStream();
   if (s.ok()) s = StreamUntilCompleted();
   if (s.ok()) s = Commit();
@@ -354,6 +410,7 @@ SourceReport SourceMigration::Run() {
   if (reply.ok() && std::holds_alternative<CommitAckMsg>(*reply)) {
     const auto& ack = std::get<CommitAckMsg>(*reply);
     Event(SourceEvent::kCommitAcknowledged);
+    Mark("acknowledged");
     Status sig = VerifyReceiptSignature(session_.peer_public_key_der(), receipt_,
                                         ReceiptRole::kDestination, ack.signature);
     // The destination runs the VM either way; a bad signature costs only non-repudiation.

@@ -36,7 +36,10 @@ struct SourceVtpm {
 struct SourceOptions {
   std::string host_id;      // ours, as our certificate names it (goes into the receipt)
   std::optional<MigrationId> migration_id;  // preset id (e.g. to lease the VM under it); else random
-  bool verify_ram = true;   // the commit carries an XXH3-128 digest of the final guest RAM
+  // Before committing, compare the paused guest's RAM with what QEMU's stream carried, page by
+  // page (ram_stream.h), and put the RAM's digest into the receipt for the destination to check
+  // against the stream it loaded. A difference aborts the migration (the VM stays here).
+  bool verify_ram = true;
   uint64_t downtime_limit_ms = 300;       // QEMU's downtime-limit for switching over
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
   std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
@@ -50,6 +53,8 @@ struct SourceOptions {
   // Set exactly when the VM's spec has a vTPM (spec.tpm); needs `attestation`, else the
   // migration is refused (kAttestation) before the offer.
   std::optional<SourceVtpm> vtpm;
+  // Test seam (empty in production): runs once QEMU has paused the VM for switchover.
+  std::function<void()> at_pause_for_testing;
   // Test seam (empty in production): may alter the receipt after it is built, before signing.
   std::function<void(Receipt&)> mutate_receipt_for_testing;
 };
@@ -69,6 +74,7 @@ struct SourceReport {
   uint64_t stream_bytes = 0;
   uint64_t wire_bytes = 0;
   uint32_t rounds = 0;
+  PhaseTimes phases;  // attested, prepared, streaming, paused, switchover-ok, qemu-completed, ...
 };
 
 // Migrates `vm` over `session` (initiator side, data channels open). Takes over vm.qmp() for the

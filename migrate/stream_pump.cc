@@ -71,6 +71,7 @@ Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset
     got += static_cast<size_t>(n);
   }
   offset = offset_.fetch_add(got);
+  if (observer_) observer_(ByteSpan(buf.data(), got));  // still in stream order: under read_mu_
   return got;
 }
 
@@ -212,6 +213,7 @@ void StreamSink::Run(RecordReader* r) {
       writing_ = true;
     }
     ByteSpan data = c->data;
+    if (observer_) observer_(data);  // our turn: in stream order
     Status ws;
     while (!data.empty()) {
       ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);

@@ -33,6 +33,9 @@ class StreamPump {
   StreamPump(const StreamPump&) = delete;
   StreamPump& operator=(const StreamPump&) = delete;
 
+  // Called with every piece of the stream, in stream order, before it is sent (one call at a
+  // time, on the pump's threads). Set before Start.
+  void set_observer(std::function<void(ByteSpan)> f) { observer_ = std::move(f); }
   void Start();
   // Blocks until the stream ended and every channel sent its end record, or a channel failed
   // (its error), or Stop was called (kAborted).
@@ -56,6 +59,7 @@ class StreamPump {
   int fd_;
   std::vector<RecordWriter*> writers_;
   size_t chunk_bytes_;
+  std::function<void(ByteSpan)> observer_;
   std::vector<std::thread> threads_;
   std::mutex read_mu_;  // one reader of the socket at a time; guards eof_
   bool eof_ = false;
@@ -78,6 +82,9 @@ class StreamSink {
   StreamSink(const StreamSink&) = delete;
   StreamSink& operator=(const StreamSink&) = delete;
 
+  // Called with every verified piece of the stream, in stream order, as it goes to QEMU (one call
+  // at a time, on the sink's threads). Set before Start.
+  void set_observer(std::function<void(ByteSpan)> f) { observer_ = std::move(f); }
   // `on_error` is called once, from a sink thread, with the first error (e.g. to tell the peer).
   void Start(std::function<void(const Status&)> on_error);
   // Blocks until every channel ended (OK) or the sink failed.
@@ -95,6 +102,7 @@ class StreamSink {
   std::chrono::milliseconds gap_timeout_;
   std::vector<std::thread> threads_;
   std::function<void(const Status&)> on_error_;
+  std::function<void(ByteSpan)> observer_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_offset_ = 0;  // guarded by mu_

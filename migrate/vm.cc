@@ -10,7 +10,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -362,9 +361,9 @@ std::vector<std::string> BuildQemuArgs(const VmSpec& spec, const VmPaths& paths,
       "-cpu", spec.cpu,
       "-smp", std::to_string(spec.vcpus),
       "-m", mem,
-      "-object", "memory-backend-file,id=mem0,size=" + mem + ",mem-path=" +
+      "-object", "memory-backend-file,id=" + std::string(kRamBlockName) + ",size=" + mem + ",mem-path=" +
                      QemuEscape(paths.memory_file) + ",share=on",
-      "-machine", spec.machine + ",memory-backend=mem0",
+      "-machine", spec.machine + ",memory-backend=" + std::string(kRamBlockName),
       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"};
   // clang-format on
   if (!spec.kernel.empty()) a.insert(a.end(), {"-kernel", spec.kernel});
@@ -609,37 +608,15 @@ void Vm::Kill() {
 
 bool Vm::Alive() { return !Ended(); }
 
+Result<RamPageTable> Vm::RamPages() const {
+  auto t = HashRamFile(paths_.memory_file, kRamBlockName);
+  if (!t.ok()) return t.status().WithContext(Describe());
+  return t;
+}
+
 Result<std::array<uint8_t, 16>> Vm::RamDigest() const {
-  const std::string& path = paths_.memory_file;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Error(Errc::kIo, Describe() + ": open " + path + ": " + ErrnoText(errno));
-  XXH3_state_t* state = XXH3_createState();
-  if (state == nullptr || XXH3_128bits_reset(state) != XXH_OK) {
-    XXH3_freeState(state);
-    ::close(fd);
-    return Error(Errc::kInternal, Describe() + ": XXH3 state setup failed");
-  }
-  std::vector<uint8_t> buf(size_t{4} << 20);
-  Status st;
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      st = Error(Errc::kIo, Describe() + ": read " + path + ": " + ErrnoText(errno));
-      break;
-    }
-    if (n == 0) break;
-    XXH3_128bits_update(state, buf.data(), static_cast<size_t>(n));
-  }
-  XXH128_hash_t h = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
-  ::close(fd);
-  if (!st.ok()) return st;
-  XXH128_canonical_t canon;
-  XXH128_canonicalFromHash(&canon, h);
-  std::array<uint8_t, 16> out;
-  std::memcpy(out.data(), canon.digest, out.size());
-  return out;
+  SOD_ASSIGN_OR_RETURN(RamPageTable t, RamPages());
+  return RamTableDigest(t);
 }
 
 }  // namespace sod

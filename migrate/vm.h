@@ -22,6 +22,7 @@
 
 #include "base/status.h"
 #include "migrate/qmp.h"
+#include "migrate/ram_stream.h"
 
 namespace sod {
 
@@ -51,6 +52,9 @@ struct VmSpec {
   bool operator==(const VmSpec&) const = default;
 };
 
+// The id of the guest's memory backend, which QEMU also uses as its RAM block's name in the
+// migration stream (RamStreamTracker::Block).
+inline constexpr std::string_view kRamBlockName = "mem0";
 inline constexpr uint32_t kMinVmMemoryMb = 64;
 inline constexpr uint32_t kMaxVmMemoryMb = 16384;
 inline constexpr uint32_t kMaxVmVcpus = 16;
@@ -166,9 +170,10 @@ class Vm {
   // False once QEMU has ended (a child is reaped here; a zombie counts as ended).
   bool Alive();
 
-  // XXH3-128 over the guest RAM file, canonical (big-endian) byte order; print with ToHex.
-  // Precondition: the VM is not running (paused, postmigrate, or incoming and loaded), otherwise
-  // the value is meaningless. Errors: kIo naming the file.
+  // The guest RAM file's page hashes (block kRamBlockName) and their digest (RamTableDigest,
+  // what receipts carry; print with ToHex). Precondition: the VM is not running (paused,
+  // postmigrate, or incoming and loaded), otherwise the value is meaningless. Errors: kIo.
+  Result<RamPageTable> RamPages() const;
   Result<std::array<uint8_t, 16>> RamDigest() const;
 
  private:

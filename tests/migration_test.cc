@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -31,7 +32,22 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   ASSERT_GT(hb_before, 0);
   const std::string source_serial = source_vm_->paths().serial_log;
 
-  Outcome o = Migrate(DestContext());
+  // Both RAMs, hashed from their memory files by the test itself: the source's once QEMU paused
+  // it for good (the receipt is built then), the destination's once its QEMU loaded the stream,
+  // before it resumes.
+  std::optional<std::array<uint8_t, 16>> source_ram, dest_ram;
+  SourceOptions opts;
+  opts.mutate_receipt_for_testing = [&](Receipt&) {
+    auto d = source_vm_->RamDigest();
+    if (d.ok()) source_ram = *d;
+  };
+  DestinationContext ctx = DestContext();
+  ctx.before_decide_for_testing = [&](const MigrationId&) {
+    std::lock_guard<std::mutex> l(dest_files_mu_);
+    auto t = HashRamFile(dest_memory_files_.back(), kRamBlockName);
+    if (t.ok()) dest_ram = RamTableDigest(*t);
+  };
+  Outcome o = Migrate(ctx, "hostb", opts);
   ASSERT_TRUE(o.connect.ok()) << o.connect.ToString();
   ASSERT_EQ(o.source.outcome, SourceOutcome::kCommitted) << o.source.error.ToString();
   EXPECT_TRUE(o.source.error.ok()) << o.source.error.ToString();
@@ -71,6 +87,21 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   EXPECT_EQ(o.source.receipt->receipt, o.dest.receipt->receipt);
   const Receipt& r = o.source.receipt->receipt;
   EXPECT_TRUE(r.ram_digest_present);
+  // The destination's RAM equals the source's final RAM, and the receipt states that digest.
+  ASSERT_TRUE(source_ram && dest_ram);
+  EXPECT_EQ(ToHex(*source_ram), ToHex(*dest_ram));
+  EXPECT_EQ(ToHex(*source_ram), ToHex(r.ram_digest));
+  // Where the time went, in order, on both hosts.
+  std::vector<std::string> phases;
+  for (const auto& [name, ms] : o.source.phases.marks()) phases.push_back(name);
+  EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "streaming", "paused", "switchover-ok",
+                                               "qemu-completed", "stream-sent", "ram-checked",
+                                               "commit-sent", "acknowledged"}));
+  phases.clear();
+  for (const auto& [name, ms] : o.dest.phases.marks()) phases.push_back(name);
+  EXPECT_EQ(phases, (std::vector<std::string>{"launched", "prepared", "switchover-ok",
+                                               "commit-received", "stream-loaded", "verified",
+                                               "resumed", "acknowledged"}));
   EXPECT_EQ(r.source_host, "hosta");
   EXPECT_EQ(r.destination_host, "hostb");
   EXPECT_GT(r.stream_bytes, 32u << 20);

@@ -96,6 +96,14 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
             << "  stream        " << Mib(s.value("stream_bytes", 0ull)) << " in "
             << s.value("rounds", 0) << " rounds, " << Mib(s.value("wire_bytes", 0ull))
             << " on the wire\n";
+  if (s.contains("phases_ms") && s["phases_ms"].is_array() && !s["phases_ms"].empty()) {
+    // Where the time went: each step's end, in ms since the session began.
+    std::cout << "  steps (ms)   ";
+    for (const json& p : s["phases_ms"])
+      std::cout << " " << p.value("phase", "?") << " " << std::setprecision(0)
+                << p.value("ms", 0.0);
+    std::cout << std::setprecision(2) << "\n";
+  }
   const json& r = (*reply)["receipt"];
   std::cout << "  receipt       " << Text((*reply)["migration_id"]) << "  transcript "
             << Text(r["transcript"]) << "\n"

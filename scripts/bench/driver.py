@@ -651,7 +651,8 @@ def run_sod(ctx):
         res.update(total_time_ms=round(sm.get("total_s", 0) * 1000, 1),
                    downtime_ms=sm.get("qemu_downtime_ms"), sod_downtime_ms=sm.get("downtime_ms"),
                    bytes=sm.get("stream_bytes"), wire_bytes=sm.get("wire_bytes"),
-                   rounds=sm.get("rounds"), ram_total=cfg.mem << 20)
+                   rounds=sm.get("rounds"), ram_total=cfg.mem << 20,
+                   sod_phases_ms={p["phase"]: p["ms"] for p in sm.get("phases_ms", [])})
         if res["converged"] and sm.get("total_s"):
             res["t_end"] = t0 + sm["total_s"]
     except (OSError, ValueError) as e:

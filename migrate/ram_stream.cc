@@ -1,0 +1,392 @@
+#include "migrate/ram_stream.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxh_x86dispatch.h>  // XXH3 with the widest vector unit this CPU has
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace sod {
+
+namespace {
+
+// QEMU 7.2, migration/savevm.h and migration/ram.c.
+constexpr uint32_t kQemuMagic = 0x5145564d;  // "QEVM"
+constexpr uint32_t kQemuVersion = 3;
+constexpr uint8_t kVmEof = 0x00;
+constexpr uint8_t kSectionStart = 0x01;
+constexpr uint8_t kSectionPart = 0x02;
+constexpr uint8_t kSectionEnd = 0x03;
+constexpr uint8_t kSectionFull = 0x04;
+constexpr uint8_t kSubsection = 0x05;
+constexpr uint8_t kConfiguration = 0x07;
+constexpr uint8_t kCommand = 0x08;
+constexpr uint8_t kFooter = 0x7e;
+constexpr uint16_t kCommandPackaged = 7;  // its payload follows outside the command's length
+
+constexpr uint64_t kFlagZero = 0x02;
+constexpr uint64_t kFlagMemSize = 0x04;
+constexpr uint64_t kFlagPage = 0x08;
+constexpr uint64_t kFlagEos = 0x10;
+constexpr uint64_t kFlagContinue = 0x20;
+constexpr uint64_t kFlagMask = kRamPageSize - 1;
+
+constexpr size_t kMaxCarry = 8192;  // larger than any item (a page with its header: 4360)
+constexpr size_t kMaxBlocks = 256;
+constexpr uint32_t kMaxCapabilities = 64;
+
+uint32_t Be16(const uint8_t* p) { return uint32_t{p[0]} << 8 | p[1]; }
+uint32_t Be32(const uint8_t* p) { return Be16(p) << 16 | Be16(p + 2); }
+uint64_t Be64(const uint8_t* p) { return uint64_t{Be32(p)} << 32 | Be32(p + 4); }
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+std::array<uint8_t, 16> RamTableDigest(const RamPageTable& t) {
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_128bits_reset(st);
+  const uint8_t name_len = static_cast<uint8_t>(std::min<size_t>(t.block.size(), 255));
+  XXH3_128bits_update(st, &name_len, 1);
+  XXH3_128bits_update(st, t.block.data(), name_len);
+  uint8_t len[8];
+  StoreLe64(len, t.length);
+  XXH3_128bits_update(st, len, sizeof len);
+  std::vector<uint8_t> le(t.hashes.size() * 8);
+  for (size_t i = 0; i < t.hashes.size(); ++i) StoreLe64(le.data() + i * 8, t.hashes[i]);
+  XXH3_128bits_update(st, le.data(), le.size());
+  XXH128_canonical_t canon;
+  XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(st));
+  XXH3_freeState(st);
+  std::array<uint8_t, 16> out;
+  std::memcpy(out.data(), canon.digest, out.size());
+  return out;
+}
+
+Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block, int threads) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error(Errc::kIo, "open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return Error(Errc::kIo, "stat " + path + ": " + std::strerror(e));
+  }
+  RamPageTable t;
+  t.block = std::string(block);
+  t.length = static_cast<uint64_t>(st.st_size) & ~kFlagMask;
+  t.hashes.resize(t.length / kRamPageSize);
+  if (t.length == 0) {
+    ::close(fd);
+    return t;
+  }
+  // Populated up front: one pass of page-table setup is far cheaper than a fault per page.
+  void* map = ::mmap(nullptr, t.length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  int e = errno;
+  ::close(fd);
+  if (map == MAP_FAILED) return Error(Errc::kIo, "mmap " + path + ": " + std::strerror(e));
+  const auto* base = static_cast<const uint8_t*>(map);
+  const size_t pages = t.hashes.size();
+  auto work = [&](size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i)
+      t.hashes[i] = XXH3_64bits_dispatch(base + i * kRamPageSize, kRamPageSize);
+  };
+  const size_t n = static_cast<size_t>(std::clamp(threads, 1, 16));
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < n; ++k)
+    helpers.emplace_back(work, pages * k / n, pages * (k + 1) / n);
+  work(0, pages / n);
+  for (auto& h : helpers) h.join();
+  ::munmap(map, t.length);
+  return t;
+}
+
+Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream) {
+  if (ram.length != stream.length || stream.hashes.size() != ram.hashes.size() ||
+      stream.seen.size() != stream.hashes.size())
+    return Error(Errc::kIntegrity, "RAM block " + ram.block + " is " + std::to_string(ram.length) +
+                                       " bytes, the stream's " + stream.block + " " +
+                                       std::to_string(stream.length));
+  uint64_t differ = 0, missing = 0;
+  std::string first;
+  for (size_t i = 0; i < ram.hashes.size(); ++i) {
+    const bool absent = !stream.seen[i];
+    if (!absent && stream.hashes[i] == ram.hashes[i]) continue;
+    (absent ? missing : differ)++;
+    if (differ + missing <= 4)
+      first += (first.empty() ? "" : ", ") + Hex(i * kRamPageSize) + (absent ? " (never sent)" : "");
+  }
+  if (differ == 0 && missing == 0) return Status::Ok();
+  return Error(Errc::kIntegrity,
+               "guest RAM differs from what QEMU's stream carried: " + std::to_string(differ) +
+                   " page(s) stale, " + std::to_string(missing) + " never sent, in block " +
+                   ram.block + " at " + first + (differ + missing > 4 ? ", ..." : "") +
+                   " (QEMU missed a dirty page; the VM stays here)");
+}
+
+RamStreamTracker::RamStreamTracker(uint64_t max_ram_bytes) : max_ram_bytes_(max_ram_bytes) {}
+
+const RamPageTable* RamStreamTracker::Block(std::string_view name) const {
+  for (const auto& b : blocks_)
+    if (b.block == name) return &b;
+  return nullptr;
+}
+
+ptrdiff_t RamStreamTracker::Fail(std::string why) {
+  status_ = Error(Errc::kUnsupported, "QEMU migration stream: " + std::move(why));
+  state_ = State::kFailed;
+  carry_.clear();
+  return -1;
+}
+
+uint64_t RamStreamTracker::FillHash(uint8_t fill) {
+  if (fill == 0 && zero_hash_valid_) return zero_hash_;
+  uint8_t page[kRamPageSize];
+  std::memset(page, fill, sizeof page);
+  const uint64_t h = XXH3_64bits_dispatch(page, sizeof page);
+  if (fill == 0) {
+    zero_hash_ = h;
+    zero_hash_valid_ = true;
+  }
+  return h;
+}
+
+void RamStreamTracker::Feed(ByteSpan in) {
+  // carry_ holds at most one item that is not complete yet; everything else is parsed in place.
+  auto active = [this] { return state_ != State::kFailed && state_ != State::kDone; };
+  while (active() && !in.empty()) {
+    if (carry_.empty()) {
+      const ptrdiff_t c = Step(in.data(), in.size());
+      if (!active()) return;
+      if (c >= 0) {
+        in = in.subspan(static_cast<size_t>(c));
+        continue;
+      }
+      if (in.size() >= kMaxCarry) {
+        Fail("an item longer than " + std::to_string(kMaxCarry) + " bytes");
+        return;
+      }
+      carry_.assign(in.begin(), in.end());
+      return;
+    }
+    const size_t take = std::min(in.size(), kMaxCarry - carry_.size());
+    carry_.insert(carry_.end(), in.begin(), in.begin() + static_cast<ptrdiff_t>(take));
+    in = in.subspan(take);
+    size_t off = 0;
+    while (active() && off < carry_.size()) {
+      const ptrdiff_t c = Step(carry_.data() + off, carry_.size() - off);
+      if (c < 0) break;
+      off += static_cast<size_t>(c);
+    }
+    if (!active()) return;
+    if (off == 0 && carry_.size() >= kMaxCarry) {
+      Fail("an item longer than " + std::to_string(kMaxCarry) + " bytes");
+      return;
+    }
+    carry_.erase(carry_.begin(), carry_.begin() + static_cast<ptrdiff_t>(off));
+  }
+}
+
+ptrdiff_t RamStreamTracker::Step(const uint8_t* p, size_t n) {
+  switch (state_) {
+    case State::kHeader: {
+      if (n < 8) return -1;
+      if (Be32(p) != kQemuMagic) return Fail("not a QEMU migration stream (magic " + Hex(Be32(p)) + ")");
+      if (Be32(p + 4) != kQemuVersion) return Fail("stream version " + std::to_string(Be32(p + 4)));
+      state_ = State::kTop;
+      return 8;
+    }
+    case State::kTop: {
+      if (n < 1) return -1;
+      switch (p[0]) {
+        case kConfiguration: {
+          if (n < 5) return -1;
+          const uint32_t len = Be32(p + 1);
+          if (len > 256) return Fail("machine type name of " + std::to_string(len) + " bytes");
+          if (n < 5 + len) return -1;
+          state_ = State::kConfigSub;
+          return 5 + len;
+        }
+        case kSectionStart: {
+          if (n < 6) return -1;
+          const size_t id_len = p[5];
+          if (n < 6 + id_len + 8) return -1;
+          const std::string id(reinterpret_cast<const char*>(p + 6), id_len);
+          if (id != "ram") return Fail("iterable section '" + id + "' (only RAM is followed)");
+          if (have_ram_section_) return Fail("a second RAM section");
+          have_ram_section_ = true;
+          ram_section_id_ = Be32(p + 1);
+          in_setup_ = true;
+          section_end_ = false;
+          state_ = State::kRam;
+          return static_cast<ptrdiff_t>(6 + id_len + 8);
+        }
+        case kSectionPart:
+        case kSectionEnd: {
+          if (n < 5) return -1;
+          if (!have_ram_section_ || Be32(p + 1) != ram_section_id_)
+            return Fail("part of section " + std::to_string(Be32(p + 1)) + ", not RAM's");
+          if (ram_ended_) return Fail("RAM continues after its end");
+          in_setup_ = false;
+          section_end_ = p[0] == kSectionEnd;
+          state_ = State::kRam;
+          return 5;
+        }
+        case kSectionFull:
+        case kVmEof:
+          // Device state (or the end) comes only after RAM's last part.
+          if (!ram_ended_) return Fail("device state before the end of RAM");
+          state_ = State::kDone;
+          return 0;
+        case kCommand: {
+          if (n < 5) return -1;
+          const uint32_t cmd = Be16(p + 1), len = Be16(p + 3);
+          if (cmd == kCommandPackaged) return Fail("packaged command (postcopy)");
+          if (len > 4096) return Fail("command of " + std::to_string(len) + " bytes");
+          if (n < 5 + len) return -1;
+          return 5 + len;
+        }
+        default:
+          return Fail("unexpected section type " + Hex(p[0]));
+      }
+    }
+    case State::kConfigSub: {
+      if (n < 1) return -1;
+      if (p[0] != kSubsection) {
+        state_ = State::kTop;
+        return 0;
+      }
+      if (n < 2) return -1;
+      const size_t name_len = p[1];
+      if (n < 2 + name_len + 4) return -1;
+      const std::string name(reinterpret_cast<const char*>(p + 2), name_len);
+      const size_t head = 2 + name_len + 4;
+      if (name == "configuration/target-page-bits") {
+        if (n < head + 4) return -1;
+        if (Be32(p + head) != 12) return Fail("target page bits " + std::to_string(Be32(p + head)));
+        return static_cast<ptrdiff_t>(head + 4);
+      }
+      if (name == "configuration/uuid") {
+        if (n < head + 16) return -1;
+        return static_cast<ptrdiff_t>(head + 16);
+      }
+      if (name == "configuration/capabilities") {
+        if (n < head + 4) return -1;
+        caps_left_ = Be32(p + head);
+        if (caps_left_ > kMaxCapabilities)
+          return Fail(std::to_string(caps_left_) + " validated capabilities");
+        state_ = State::kCapability;
+        return static_cast<ptrdiff_t>(head + 4);
+      }
+      return Fail("configuration subsection '" + name + "'");
+    }
+    case State::kCapability: {
+      if (caps_left_ == 0) {
+        state_ = State::kConfigSub;
+        return 0;
+      }
+      if (n < 1 || n < 1 + size_t{p[0]}) return -1;
+      --caps_left_;
+      return 1 + p[0];
+    }
+    case State::kBlockList: {
+      if (blocks_left_bytes_ == 0) {
+        state_ = State::kRam;
+        return 0;
+      }
+      if (n < 1) return -1;
+      const size_t id_len = p[0];
+      if (n < 1 + id_len + 8) return -1;
+      RamPageTable b;
+      b.block.assign(reinterpret_cast<const char*>(p + 1), id_len);
+      b.length = Be64(p + 1 + id_len);
+      if (b.length % kRamPageSize != 0 || b.length > blocks_left_bytes_)
+        return Fail("RAM block " + b.block + " of " + std::to_string(b.length) + " bytes");
+      if (Block(b.block) != nullptr) return Fail("RAM block " + b.block + " declared twice");
+      if (blocks_.size() >= kMaxBlocks) return Fail("more than " + std::to_string(kMaxBlocks) + " RAM blocks");
+      blocks_left_bytes_ -= b.length;
+      b.hashes.assign(b.length / kRamPageSize, 0);
+      b.seen.assign(b.length / kRamPageSize, 0);
+      blocks_.push_back(std::move(b));
+      current_ = nullptr;
+      return static_cast<ptrdiff_t>(1 + id_len + 8);
+    }
+    case State::kRam: {
+      if (n < 8) return -1;
+      const uint64_t word = Be64(p);
+      const uint64_t flags = word & kFlagMask, addr = word & ~kFlagMask;
+      if (flags == kFlagMemSize) {
+        if (!in_setup_ || !blocks_.empty()) return Fail("RAM size outside the RAM setup");
+        if (addr > max_ram_bytes_)
+          return Fail("declares " + std::to_string(addr) + " bytes of RAM, more than " +
+                      std::to_string(max_ram_bytes_));
+        declared_bytes_ = blocks_left_bytes_ = addr;
+        state_ = State::kBlockList;
+        return 8;
+      }
+      if (flags == kFlagEos) {
+        state_ = State::kFooter;
+        return 8;
+      }
+      const uint64_t kind = flags & ~kFlagContinue;
+      if (kind != kFlagZero && kind != kFlagPage)
+        return Fail("RAM record flags " + Hex(flags) + " (compression, XBZRLE or RDMA)");
+      size_t head = 8;
+      RamPageTable* block = current_;
+      if (flags & kFlagContinue) {
+        if (block == nullptr) return Fail("a page continues no block");
+      } else {
+        if (n < 9) return -1;
+        const size_t id_len = p[8];
+        if (n < 9 + id_len) return -1;
+        const std::string_view id(reinterpret_cast<const char*>(p + 9), id_len);
+        block = nullptr;
+        for (auto& b : blocks_)
+          if (b.block == id) block = &b;
+        if (block == nullptr) return Fail("page of an undeclared RAM block '" + std::string(id) + "'");
+        head = 9 + id_len;
+      }
+      const size_t body = kind == kFlagZero ? 1 : kRamPageSize;
+      if (n < head + body) return -1;
+      if (addr >= block->length)
+        return Fail("page at " + Hex(addr) + " beyond RAM block " + block->block);
+      const size_t page = addr / kRamPageSize;
+      block->hashes[page] = kind == kFlagZero ? FillHash(p[head])
+                                              : XXH3_64bits_dispatch(p + head, kRamPageSize);
+      block->seen[page] = 1;
+      current_ = block;
+      ++pages_received_;
+      return static_cast<ptrdiff_t>(head + body);
+    }
+    case State::kFooter: {
+      if (n < 1) return -1;
+      size_t used = 0;
+      if (p[0] == kFooter) {
+        if (n < 5) return -1;
+        if (Be32(p + 1) != ram_section_id_) return Fail("footer of section " + std::to_string(Be32(p + 1)));
+        used = 5;
+      }
+      if (in_setup_ && blocks_left_bytes_ != 0) return Fail("RAM blocks do not add up to the RAM size");
+      if (in_setup_ && declared_bytes_ == 0) return Fail("RAM setup without a size");
+      in_setup_ = false;
+      if (section_end_) ram_ended_ = true;  // device sections or the end follow
+      state_ = State::kTop;
+      return static_cast<ptrdiff_t>(used);
+    }
+    case State::kDone:
+    case State::kFailed:
+      return -1;
+  }
+  return -1;
+}
+
+}  // namespace sod

@@ -1,0 +1,101 @@
+// The guest's RAM, page by page, as QEMU's migration stream carries it and as the memory file
+// holds it (migrate/PROTOCOL.md, "RAM check").
+//
+// QEMU's dirty tracking decides which pages it re-sends; when it misses a page (QEMU 7.2 under
+// TCG with a shared memory file does, now and then), the destination resumes with a stale page
+// and nothing else notices. sod checks instead of trusting it:
+//
+//  - RamStreamTracker follows QEMU's precopy stream (the format of QEMU 7.2's migration/savevm.c
+//    and migration/ram.c, without compression, XBZRLE, multifd or postcopy, which sod never
+//    enables) and keeps, for every 4 KiB page of every RAM block, the XXH3-64 hash of the last
+//    version the stream carried. Both hosts run one over the stream as it passes (the source as
+//    it reads QEMU's output, the destination as it hands verified bytes to its QEMU).
+//  - HashRamFile hashes the same pages of the guest's memory file (memory-backend-file): the RAM
+//    itself. The source does so while QEMU is paused for switchover (the RAM cannot change any
+//    more) in parallel with the rest of the stream.
+//  - At the commit the source compares its RAM with what its stream carried, page by page
+//    (CompareRamTables names the pages that differ) and puts RamTableDigest of its RAM into the
+//    signed receipt; the destination compares that digest with the digest of the stream it
+//    received and loaded. Neither pass over the RAM happens while the destination waits.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/bytes.h"
+#include "base/status.h"
+
+namespace sod {
+
+inline constexpr size_t kRamPageSize = 4096;  // QEMU's TARGET_PAGE_SIZE on x86
+
+// One RAM block, one hash per page.
+struct RamPageTable {
+  std::string block;               // QEMU's RAMBlock id ("mem0" for sod's memory backend)
+  uint64_t length = 0;             // bytes, a multiple of kRamPageSize
+  std::vector<uint64_t> hashes;    // XXH3-64 of each page, length / kRamPageSize of them
+  std::vector<uint8_t> seen;       // stream tables only: 1 if the stream carried the page
+};
+
+// XXH3-128 (canonical, big-endian) over: u8 name length, the name, u64 length (LE), then every
+// page hash (u64 LE) in page order. Equal tables give equal digests.
+std::array<uint8_t, 16> RamTableDigest(const RamPageTable& table);
+
+// Hashes every page of the memory file at `path` (mapped read-only) with `threads` threads.
+Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block, int threads = 2);
+
+// OK when `stream` carried every page of `ram` with the same content. Otherwise kIntegrity naming
+// how many pages differ or never came, and the first few by guest-physical offset in the block.
+Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream);
+
+class RamStreamTracker {
+ public:
+  // `max_ram_bytes`: the most RAM (all blocks together) a stream may declare; more is refused
+  // (the page tables are allocated from the declaration).
+  explicit RamStreamTracker(uint64_t max_ram_bytes);
+
+  // The stream's next bytes, in order, in pieces of any size. The tracker never stops the
+  // stream: the first thing it cannot follow ends its work and becomes status().
+  void Feed(ByteSpan bytes);
+
+  // OK while the stream is understood (also after it is complete).
+  const Status& status() const { return status_; }
+  // The RAM section ended (QEMU sent its last pages); what follows is device state.
+  bool ram_complete() const { return state_ == State::kDone && ram_ended_; }
+  // The table of a block the stream declared, or null.
+  const RamPageTable* Block(std::string_view name) const;
+  uint64_t pages_received() const { return pages_received_; }
+
+ private:
+  enum class State {
+    kHeader, kTop, kConfigSub, kCapability, kRam, kBlockList, kFooter, kDone, kFailed
+  };
+  // Consumes one item from p[0..n): bytes consumed (0 when only the state changed), or -1 when
+  // the item is not complete in n bytes.
+  ptrdiff_t Step(const uint8_t* p, size_t n);
+  ptrdiff_t Fail(std::string why);
+  uint64_t FillHash(uint8_t fill);
+
+  uint64_t max_ram_bytes_;
+  State state_ = State::kHeader;
+  Status status_;
+  std::vector<uint8_t> carry_;  // an item split across Feed calls
+  std::vector<RamPageTable> blocks_;
+  RamPageTable* current_ = nullptr;  // the block of the last page (RAM_SAVE_FLAG_CONTINUE)
+  bool have_ram_section_ = false;
+  uint32_t ram_section_id_ = 0;
+  bool in_setup_ = false;     // inside the RAM section's START (block list allowed)
+  bool section_end_ = false;  // inside the RAM section's END
+  bool ram_ended_ = false;
+  uint64_t blocks_left_bytes_ = 0;
+  uint32_t caps_left_ = 0;
+  uint64_t declared_bytes_ = 0;
+  uint64_t pages_received_ = 0;
+  bool zero_hash_valid_ = false;
+  uint64_t zero_hash_ = 0;
+};
+
+}  // namespace sod
