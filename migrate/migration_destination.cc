@@ -188,7 +188,8 @@ Status DestinationMigration::ReceiveUntilCommit() {
         if (!vm_->Alive()) return Error(Errc::kIo, "the incoming QEMU died");
         SOD_ASSIGN_OR_RETURN(json q, vm_->qmp().Execute("query-migrate"));
         const std::string status = q.value("status", "");
-        if (status != "active" && status != "setup")
+        // The source continues its stream while we answer: QEMU may even have loaded it all.
+        if (status != "active" && status != "setup" && status != "completed")
           return Error(Errc::kIo, "incoming migration is " + status + ", not active");
         SwitchoverOkMsg ok;
         if (!check->nonce.empty() && ctx_.attestation) {

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <thread>
 
 #include "base/random.h"
 #include "base/secret.h"
@@ -54,7 +53,6 @@ class SourceMigration {
                   const ProgressFn& progress)
       : session_(session), vm_(vm), signer_(signer), opts_(o), progress_(progress),
         inbox_(session) {}
-  ~SourceMigration() { JoinRamHash(); }
 
   SourceReport Run();
 
@@ -67,9 +65,7 @@ class SourceMigration {
   Status Commit();
   void Abort(const Status& why, bool tell_peer);
   void StartRamHash();
-  void JoinRamHash() {
-    if (ram_thread_.joinable()) ram_thread_.join();
-  }
+  Status AwaitSwitchoverOk();
   Status CheckRam(Receipt& r);
   void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Report(const std::string& phase);
@@ -96,22 +92,23 @@ class SourceMigration {
   Bytes source_signature_;
   // RAM check (verify_ram): the stream's pages as they leave, the paused RAM's pages.
   std::unique_ptr<RamStreamTracker> tracker_;
-  std::thread ram_thread_;
-  std::optional<Result<RamPageTable>> ram_pages_;
+  RamFileHasher ram_hasher_;
+  std::optional<SwitchoverCheckMsg> switchover_check_;  // sent, answer not verified yet
 };
 
 void SourceMigration::StartRamHash() {
-  if (!tracker_ || ram_thread_.joinable() || ram_pages_) return;
+  if (!tracker_ || ram_hasher_.started()) return;
   // QEMU has paused the VM: its RAM is final. Hash it while the switchover check, the last
   // pages and the device state go on.
-  ram_thread_ = std::thread([this] { ram_pages_ = vm_.RamPages(); });
+  // One thread: QEMU's last pages and the destination need the other core now; the commit path
+  // helps with what is left (RamFileHasher::Finish).
+  ram_hasher_.Start(vm_.paths().memory_file, std::string(kRamBlockName), 1);
 }
 
 Status SourceMigration::CheckRam(Receipt& r) {
-  JoinRamHash();
-  if (!ram_pages_) return Error(Errc::kInternal, "the RAM was never hashed");
-  if (!ram_pages_->ok()) return ram_pages_->status().WithContext("hashing the guest RAM");
-  const RamPageTable& ram = **ram_pages_;
+  Result<RamPageTable> pages = ram_hasher_.Finish();
+  if (!pages.ok()) return pages.status().WithContext("hashing the guest RAM");
+  const RamPageTable& ram = *pages;
   SOD_RETURN_IF_ERROR(tracker_->status().WithContext("following the RAM in QEMU's stream"));
   if (!tracker_->ram_complete())
     return Error(Errc::kState, "QEMU's stream ended before its last RAM pages");
@@ -236,22 +233,30 @@ Status SourceMigration::Switchover() {
   if (opts_.at_pause_for_testing) opts_.at_pause_for_testing();
   StartRamHash();
   Report("switchover");
+  // Trust can drop mid-migration: the destination proves its state again, fresh, and the commit
+  // waits for that proof. QEMU's last pages go out meanwhile (PROTOCOL.md, "Switchover").
   SwitchoverCheckMsg check{pump_->stream_bytes(), {}};
-  // Trust can drop mid-migration: the destination proves its state again, fresh.
   if (opts_.attestation) {
     SOD_ASSIGN_OR_RETURN(check.nonce, RandomBytes(kAttestNonceSize));
   }
   SOD_RETURN_IF_ERROR(session_.SendControl(check));
+  switchover_check_ = std::move(check);
+  return vm_.qmp().Execute("migrate-continue", {{"state", "pre-switchover"}}).status();
+}
+
+Status SourceMigration::AwaitSwitchoverOk() {
+  if (!switchover_check_) return Error(Errc::kState, "QEMU completed without a switchover check");
   SOD_ASSIGN_OR_RETURN(ControlMsg reply,
                        inbox_.Next(opts_.step_timeout, "answer to the switchover check"));
   const auto* ok = std::get_if<SwitchoverOkMsg>(&reply);
   if (!ok)
     return Error(Errc::kState, "expected switchover-ok, got " + std::string(ControlName(reply)));
   if (opts_.attestation)
-    SOD_RETURN_IF_ERROR(opts_.attestation->VerifyPeerEvidence(session_, check.nonce, ok->evidence)
-                            .WithContext("switchover check"));
+    SOD_RETURN_IF_ERROR(
+        opts_.attestation->VerifyPeerEvidence(session_, switchover_check_->nonce, ok->evidence)
+            .WithContext("switchover check"));
   Mark("switchover-ok");
-  return vm_.qmp().Execute("migrate-continue", {{"state", "pre-switchover"}}).status();
+  return Status::Ok();
 }
 
 Status SourceMigration::StreamUntilCompleted() {
@@ -317,6 +322,7 @@ Status SourceMigration::Commit() {
   Report("completing");
   SOD_RETURN_IF_ERROR(pump_->Wait().WithContext("sending the stream"));
   Mark("stream-sent");
+  SOD_RETURN_IF_ERROR(AwaitSwitchoverOk());
   if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
   const json ram = last_query_.value("ram", json::object());
   report_.qemu_downtime_ms = static_cast<double>(U64(last_query_, "downtime"));
@@ -357,7 +363,6 @@ Status SourceMigration::Commit() {
 
 void SourceMigration::Abort(const Status& why, bool tell_peer) {
   if (pump_) pump_->Stop();
-  JoinRamHash();
   if (tell_peer) session_.SendAbort(why);
   if (qemu_migrating_) {
     (void)vm_.qmp().Execute("migrate_cancel");

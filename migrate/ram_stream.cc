@@ -110,6 +110,87 @@ Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block
   return t;
 }
 
+namespace {
+constexpr size_t kHashChunkPages = 512;  // 2 MiB: the unit two hashing threads share out
+}
+
+RamFileHasher::~RamFileHasher() {
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
+}
+
+void RamFileHasher::Start(std::string path, std::string block, int threads) {
+  path_ = std::move(path);
+  table_.block = std::move(block);
+  threads_.emplace_back([this] {
+    Map();
+    Work();
+  });
+  for (int k = 1; k < threads; ++k)
+    threads_.emplace_back([this] {
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        mapped_cv_.wait(l, [this] { return mapped_; });
+      }
+      Work();
+    });
+}
+
+void RamFileHasher::Map() {
+  Status err;
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0) {
+    err = Error(Errc::kIo, "open " + path_ + ": " + std::strerror(errno));
+  } else {
+    table_.length = static_cast<uint64_t>(st.st_size) & ~kFlagMask;
+    table_.hashes.resize(table_.length / kRamPageSize);
+    if (table_.length != 0) {
+      void* map = ::mmap(nullptr, table_.length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+      if (map == MAP_FAILED) {
+        err = Error(Errc::kIo, "mmap " + path_ + ": " + std::strerror(errno));
+      } else {
+        base_ = static_cast<const uint8_t*>(map);
+        map_len_ = table_.length;
+      }
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  std::lock_guard<std::mutex> l(mu_);
+  error_ = err;
+  mapped_ = true;
+  mapped_cv_.notify_all();
+}
+
+void RamFileHasher::Work() {
+  if (base_ == nullptr) return;
+  const size_t pages = table_.hashes.size();
+  for (;;) {
+    const size_t c = next_chunk_.fetch_add(1);
+    const size_t from = c * kHashChunkPages;
+    if (from >= pages) return;
+    const size_t to = std::min(pages, from + kHashChunkPages);
+    for (size_t i = from; i < to; ++i)
+      table_.hashes[i] = XXH3_64bits_dispatch(base_ + i * kRamPageSize, kRamPageSize);
+  }
+}
+
+Result<RamPageTable> RamFileHasher::Finish() {
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    mapped_cv_.wait(l, [this] { return mapped_; });
+  }
+  Work();  // share what is left
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  done_ = true;
+  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
+  base_ = nullptr;
+  if (!error_.ok()) return error_;
+  return std::move(table_);
+}
+
 Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream) {
   if (ram.length != stream.length || stream.hashes.size() != ram.hashes.size() ||
       stream.seen.size() != stream.hashes.size())

@@ -20,10 +20,14 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
+#include <mutex>
 
 #include "base/bytes.h"
 #include "base/status.h"
@@ -46,6 +50,37 @@ std::array<uint8_t, 16> RamTableDigest(const RamPageTable& table);
 
 // Hashes every page of the memory file at `path` (mapped read-only) with `threads` threads.
 Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block, int threads = 2);
+
+// HashRamFile on background threads, started as soon as the RAM is final; whoever needs the
+// table calls Finish, which hashes what is left on the calling thread too.
+class RamFileHasher {
+ public:
+  RamFileHasher() = default;
+  ~RamFileHasher();
+  RamFileHasher(const RamFileHasher&) = delete;
+  RamFileHasher& operator=(const RamFileHasher&) = delete;
+
+  void Start(std::string path, std::string block, int threads = 2);
+  bool started() const { return !threads_.empty() || done_; }
+  // The table (or why the file could not be read). Call once, after Start.
+  Result<RamPageTable> Finish();
+
+ private:
+  void Map();
+  void Work();
+
+  std::string path_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable mapped_cv_;
+  bool mapped_ = false;  // guarded by mu_: the map (or its error) is ready
+  Status error_;
+  const uint8_t* base_ = nullptr;
+  size_t map_len_ = 0;
+  RamPageTable table_;
+  std::atomic<size_t> next_chunk_{0};
+  bool done_ = false;
+};
 
 // OK when `stream` carried every page of `ram` with the same content. Otherwise kIntegrity naming
 // how many pages differ or never came, and the first few by guest-physical offset in the block.

@@ -94,9 +94,9 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   // Where the time went, in order, on both hosts.
   std::vector<std::string> phases;
   for (const auto& [name, ms] : o.source.phases.marks()) phases.push_back(name);
-  EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "streaming", "paused", "switchover-ok",
-                                               "qemu-completed", "stream-sent", "ram-checked",
-                                               "commit-sent", "acknowledged"}));
+  EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "streaming", "paused",
+                                               "qemu-completed", "stream-sent", "switchover-ok",
+                                               "ram-checked", "commit-sent", "acknowledged"}));
   phases.clear();
   for (const auto& [name, ms] : o.dest.phases.marks()) phases.push_back(name);
   EXPECT_EQ(phases, (std::vector<std::string>{"launched", "prepared", "switchover-ok",
