@@ -42,6 +42,7 @@ json PhasesJson(const PhaseTimes& t) {
 json SummaryJson(const SourceReport& r) {
   return {{"phases_ms", PhasesJson(r.phases)},
           {"total_s", r.total_s},
+          {"ram_pages_repaired", r.ram_pages_repaired},
           {"downtime_ms", r.downtime_ms},
           {"qemu_downtime_ms", r.qemu_downtime_ms},
           {"stream_bytes", r.stream_bytes},
@@ -399,6 +400,7 @@ void MigrationService::Serve(std::unique_ptr<Session> session) {
     Audit("migration.commit",
           {{"role", "destination"},
            {"receipt", SignedReceiptJson(*report.receipt)},
+           {"ram_pages_repaired", report.ram_pages_repaired},
            {"phases_ms", PhasesJson(report.phases)}});
     Status s = slot->Adopt(std::move(report.vm));
     if (!s.ok()) Audit("migration.adopt-failed", {{"migration_id", id_hex}, {"reason", s.ToString()}});

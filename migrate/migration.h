@@ -48,10 +48,11 @@ using ProgressFn = std::function<void(const MigrationProgress&)>;
 class PhaseTimes {
  public:
   PhaseTimes() : t0_(std::chrono::steady_clock::now()) {}
-  void Mark(std::string name) {
-    marks_.emplace_back(std::move(name), std::chrono::duration<double, std::milli>(
-                                             std::chrono::steady_clock::now() - t0_)
-                                             .count());
+  void Mark(std::string name) { MarkAt(std::move(name), std::chrono::steady_clock::now()); }
+  // A step that ended earlier (e.g. on another thread).
+  void MarkAt(std::string name, std::chrono::steady_clock::time_point when) {
+    marks_.emplace_back(std::move(name),
+                        std::chrono::duration<double, std::milli>(when - t0_).count());
   }
   const std::vector<std::pair<std::string, double>>& marks() const { return marks_; }
 

@@ -1,8 +1,11 @@
 #include "migrate/migration_destination.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +41,8 @@ class DestinationMigration {
   Status ReceiveUntilCommit();
   Status VerifyAndResume();
   void Fail(const Status& why, bool tell_peer);
+  Status TakeRamRepair(ByteSpan payload);
+  Status ApplyRamRepair();
   Status CheckRamDigest(const Receipt& r);
   void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Event(DestinationEvent e) {
@@ -54,8 +59,45 @@ class DestinationMigration {
   UniqueFd engine_fd_;
   std::unique_ptr<StreamSink> sink_;
   std::unique_ptr<RamStreamTracker> tracker_;  // the RAM pages of the stream we load (verify_ram)
+  std::vector<std::pair<uint64_t, Bytes>> repairs_;  // RAM pages the source sent itself
   CommitBody commit_;
 };
+
+Status DestinationMigration::TakeRamRepair(ByteSpan payload) {
+  if (!tracker_ || sm_.state() != DestinationState::kSwitchover)
+    return Error(Errc::kState, "RAM repair outside a RAM-checked switchover");
+  SOD_ASSIGN_OR_RETURN(ChunkBody c, DecodeChunk(payload));
+  if (c.stream != kRamRepairStream)
+    return Error(Errc::kMalformed, "stream record of stream " + std::to_string(c.stream) +
+                                       " on the control channel");
+  if (c.data.size() != kRamPageSize || c.offset % kRamPageSize != 0 ||
+      c.offset >= offer_.ram_bytes)
+    return Error(Errc::kMalformed, "RAM repair of " + std::to_string(c.data.size()) +
+                                       " bytes at offset " + std::to_string(c.offset));
+  if (repairs_.size() >= kMaxRamRepairPages)
+    return Error(Errc::kTooLarge, "more than " + std::to_string(kMaxRamRepairPages) +
+                                      " RAM pages to repair");
+  repairs_.emplace_back(c.offset, Bytes(c.data.begin(), c.data.end()));
+  return Status::Ok();
+}
+
+Status DestinationMigration::ApplyRamRepair() {
+  // QEMU has loaded the whole stream and the VM has never run here: the pages go straight into
+  // its RAM (the memory-backend file), and count as the stream's from now on.
+  if (repairs_.empty()) return Status::Ok();
+  const std::string& path = vm_->paths().memory_file;
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd.valid()) return Error(Errc::kIo, "open " + path + ": " + std::strerror(errno));
+  for (const auto& [offset, page] : repairs_) {
+    if (::pwrite(fd.get(), page.data(), page.size(), static_cast<off_t>(offset)) !=
+        static_cast<ssize_t>(page.size()))
+      return Error(Errc::kIo, "write guest RAM page at " + std::to_string(offset));
+    SOD_RETURN_IF_ERROR(tracker_->Repair(kRamBlockName, offset, page));
+  }
+  report_.ram_pages_repaired = repairs_.size();
+  Mark("ram-repaired");
+  return Status::Ok();
+}
 
 Status DestinationMigration::CheckRamDigest(const Receipt& r) {
   if (!r.ram_digest_present) return Mismatch("the offer promised a RAM digest");
@@ -184,13 +226,10 @@ Status DestinationMigration::ReceiveUntilCommit() {
         if (!check || sm_.state() != DestinationState::kReceiving)
           return Error(Errc::kState, "unexpected " + std::string(ControlName(m)) + " in state " +
                                          std::string(Name(sm_.state())));
+        // No QMP round trip here: while QEMU loads the stream its monitor answers late, and
+        // whether it loaded everything is checked before the commit anyway.
         SOD_RETURN_IF_ERROR(sink_->error());
         if (!vm_->Alive()) return Error(Errc::kIo, "the incoming QEMU died");
-        SOD_ASSIGN_OR_RETURN(json q, vm_->qmp().Execute("query-migrate"));
-        const std::string status = q.value("status", "");
-        // The source continues its stream while we answer: QEMU may even have loaded it all.
-        if (status != "active" && status != "setup" && status != "completed")
-          return Error(Errc::kIo, "incoming migration is " + status + ", not active");
         SwitchoverOkMsg ok;
         if (!check->nonce.empty() && ctx_.attestation) {
           SOD_ASSIGN_OR_RETURN(ok.evidence, ctx_.attestation->EvidenceFor(session_, check->nonce));
@@ -200,6 +239,9 @@ Status DestinationMigration::ReceiveUntilCommit() {
         Mark("switchover-ok");
         continue;
       }
+      case RecordType::kStream:
+        SOD_RETURN_IF_ERROR(TakeRamRepair(rec->payload));
+        continue;
       case RecordType::kCommit: {
         if (sm_.state() != DestinationState::kSwitchover)
           return Error(Errc::kState, "commit before the switchover check");
@@ -260,7 +302,10 @@ Status DestinationMigration::VerifyAndResume() {
                     std::to_string(offer_.vtpm_epoch));
   SOD_RETURN_IF_ERROR(VerifyReceiptSignature(session_.peer_public_key_der(), r,
                                              ReceiptRole::kSource, commit_.signature));
-  if (offer_.verify_ram) SOD_RETURN_IF_ERROR(CheckRamDigest(r));
+  if (offer_.verify_ram) {
+    SOD_RETURN_IF_ERROR(ApplyRamRepair());
+    SOD_RETURN_IF_ERROR(CheckRamDigest(r));
+  }
   Mark("verified");
 
   // 4. Decide, then resume. A recovery query that fenced this migration wins.

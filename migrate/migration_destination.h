@@ -75,6 +75,7 @@ struct DestinationReport {
   std::string vm_name;
   std::unique_ptr<Vm> vm;                // the running VM, when committed
   std::optional<SignedReceipt> receipt;  // when committed
+  size_t ram_pages_repaired = 0;  // pages the source sent apart from QEMU's stream (RAM check)
   PhaseTimes phases;  // launched, prepared, switchover-ok, commit-received, stream-loaded, ...
 };
 

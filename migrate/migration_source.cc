@@ -1,10 +1,12 @@
 #include "migrate/migration_source.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -67,6 +69,7 @@ class SourceMigration {
   void StartRamHash();
   Status AwaitSwitchoverOk();
   Status CheckRam(Receipt& r);
+  Status SendRamRepair(const std::vector<size_t>& pages);
   void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Report(const std::string& phase);
   void Event(SourceEvent e);
@@ -105,6 +108,23 @@ void SourceMigration::StartRamHash() {
   ram_hasher_.Start(vm_.paths().memory_file, std::string(kRamBlockName), 1);
 }
 
+Status SourceMigration::SendRamRepair(const std::vector<size_t>& pages) {
+  UniqueFd fd(::open(vm_.paths().memory_file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid())
+    return Error(Errc::kIo, "open " + vm_.paths().memory_file + ": " + std::strerror(errno));
+  Bytes body(kChunkPrefixSize + kRamPageSize);
+  for (size_t page : pages) {
+    const uint64_t offset = uint64_t{page} * kRamPageSize;
+    EncodeChunkPrefix(kRamRepairStream, offset, body.data());
+    const ssize_t n = ::pread(fd.get(), body.data() + kChunkPrefixSize, kRamPageSize,
+                              static_cast<off_t>(offset));
+    if (n != static_cast<ssize_t>(kRamPageSize))
+      return Error(Errc::kIo, "read guest RAM page at " + std::to_string(offset));
+    SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kStream, body));
+  }
+  return Status::Ok();
+}
+
 Status SourceMigration::CheckRam(Receipt& r) {
   Result<RamPageTable> pages = ram_hasher_.Finish();
   if (!pages.ok()) return pages.status().WithContext("hashing the guest RAM");
@@ -115,7 +135,17 @@ Status SourceMigration::CheckRam(Receipt& r) {
   const RamPageTable* sent = tracker_->Block(kRamBlockName);
   if (sent == nullptr)
     return Error(Errc::kState, "QEMU's stream has no RAM block " + std::string(kRamBlockName));
-  SOD_RETURN_IF_ERROR(CompareRamTables(ram, *sent));
+  if (Status same = CompareRamTables(ram, *sent); !same.ok()) {
+    // QEMU missed pages (its dirty tracking under TCG does, now and then): the RAM here is the
+    // truth, and the destination has not run the VM: send it those pages ourselves.
+    const std::vector<size_t> bad = DifferingPages(ram, *sent);
+    if (bad.empty() || bad.size() > opts_.max_ram_repair_pages)
+      return same.WithContext("more than " + std::to_string(opts_.max_ram_repair_pages) +
+                              " pages to repair; the VM stays here");
+    SOD_RETURN_IF_ERROR(SendRamRepair(bad).WithContext("sending the pages QEMU missed"));
+    report_.ram_pages_repaired = bad.size();
+    Mark("ram-repaired");
+  }
   r.ram_digest = RamTableDigest(ram);
   r.ram_digest_present = true;
   return Status::Ok();
@@ -218,6 +248,8 @@ Status SourceMigration::StartStream() {
     tracker_ = std::make_unique<RamStreamTracker>((uint64_t{vm_.spec().memory_mb} << 20) +
                                                   (256ull << 20));
     pump_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
+    // Map the guest RAM now, while it streams: at the pause only the hashing is left.
+    ram_hasher_.Prepare(vm_.paths().memory_file, std::string(kRamBlockName));
   }
   pump_->Start();
   SOD_RETURN_IF_ERROR(qmp.Execute("migrate", {{"uri", std::string("fd:") + kFdName}}).status());
@@ -275,6 +307,7 @@ Status SourceMigration::StreamUntilCompleted() {
           SOD_RETURN_IF_ERROR(Switchover());
         } else if (status == "completed") {
           qemu_migrating_ = false;
+          pump_->SourceCompleted();
           Event(SourceEvent::kQemuCompleted);
           Mark("qemu-completed");
           return Status::Ok();
@@ -321,6 +354,7 @@ Status SourceMigration::StreamUntilCompleted() {
 Status SourceMigration::Commit() {
   Report("completing");
   SOD_RETURN_IF_ERROR(pump_->Wait().WithContext("sending the stream"));
+  report_.phases.MarkAt("stream-eof", pump_->eof_time());
   Mark("stream-sent");
   SOD_RETURN_IF_ERROR(AwaitSwitchoverOk());
   if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
@@ -331,6 +365,12 @@ Status SourceMigration::Commit() {
   report_.wire_bytes = session_.data_wire_bytes();
 
   Receipt& r = receipt_;
+  // The RAM check may send repair records: before the record count and transcript are taken.
+  if (opts_.verify_ram) {
+    StartRamHash();  // normally started at the pause already
+    SOD_RETURN_IF_ERROR(CheckRam(r));
+    Mark("ram-checked");
+  }
   r.migration_id = report_.id;
   r.vm_name = vm_.spec().name;
   r.source_host = opts_.host_id;
@@ -344,11 +384,6 @@ Status SourceMigration::Commit() {
   SOD_ASSIGN_OR_RETURN(r.transcript, session_.Transcript());
   r.suite = session_.negotiated().suite;
   r.vtpm_epoch = opts_.vtpm ? opts_.vtpm->epoch : 0;
-  if (opts_.verify_ram) {
-    StartRamHash();  // normally started at the pause already
-    SOD_RETURN_IF_ERROR(CheckRam(r));
-    Mark("ram-checked");
-  }
   if (opts_.mutate_receipt_for_testing) opts_.mutate_receipt_for_testing(r);
   SOD_ASSIGN_OR_RETURN(source_signature_, SignReceipt(signer_, r, ReceiptRole::kSource));
   CommitBody commit{r.records, r.transcript, EncodeReceipt(r), source_signature_};

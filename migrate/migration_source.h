@@ -18,6 +18,7 @@
 
 #include "migrate/migration.h"
 #include "migrate/migration_state.h"
+#include "migrate/ram_stream.h"
 
 namespace sod {
 
@@ -39,7 +40,10 @@ struct SourceOptions {
   // Before committing, compare the paused guest's RAM with what QEMU's stream carried, page by
   // page (ram_stream.h), and put the RAM's digest into the receipt for the destination to check
   // against the stream it loaded. A difference aborts the migration (the VM stays here).
+  // Pages QEMU got wrong are repaired (sent by sod itself, PROTOCOL.md "RAM check") up to this
+  // many; more abort the migration.
   bool verify_ram = true;
+  size_t max_ram_repair_pages = kMaxRamRepairPages;
   uint64_t downtime_limit_ms = 300;       // QEMU's downtime-limit for switching over
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
   std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
@@ -74,6 +78,7 @@ struct SourceReport {
   uint64_t stream_bytes = 0;
   uint64_t wire_bytes = 0;
   uint32_t rounds = 0;
+  size_t ram_pages_repaired = 0;  // pages QEMU's stream got wrong, sent by sod (RAM check)
   PhaseTimes phases;  // attested, prepared, streaming, paused, switchover-ok, qemu-completed, ...
 };
 

@@ -120,14 +120,19 @@ RamFileHasher::~RamFileHasher() {
   if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
 }
 
-void RamFileHasher::Start(std::string path, std::string block, int threads) {
+void RamFileHasher::Prepare(std::string path, std::string block) {
+  if (prepared_) return;
+  prepared_ = true;
   path_ = std::move(path);
   table_.block = std::move(block);
-  threads_.emplace_back([this] {
-    Map();
-    Work();
-  });
-  for (int k = 1; k < threads; ++k)
+  threads_.emplace_back([this] { Map(); });
+}
+
+void RamFileHasher::Start(std::string path, std::string block, int threads) {
+  Prepare(std::move(path), std::move(block));
+  if (started_) return;
+  started_ = true;
+  for (int k = 0; k < threads; ++k)
     threads_.emplace_back([this] {
       {
         std::unique_lock<std::mutex> l(mu_);
@@ -177,6 +182,7 @@ void RamFileHasher::Work() {
 }
 
 Result<RamPageTable> RamFileHasher::Finish() {
+  if (!prepared_) return Error(Errc::kInternal, "the RAM was never mapped for hashing");
   {
     std::unique_lock<std::mutex> l(mu_);
     mapped_cv_.wait(l, [this] { return mapped_; });
@@ -184,34 +190,61 @@ Result<RamPageTable> RamFileHasher::Finish() {
   Work();  // share what is left
   for (auto& t : threads_)
     if (t.joinable()) t.join();
-  done_ = true;
   if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
   base_ = nullptr;
   if (!error_.ok()) return error_;
   return std::move(table_);
 }
 
+namespace {
+bool SameShape(const RamPageTable& ram, const RamPageTable& stream) {
+  return ram.length == stream.length && stream.hashes.size() == ram.hashes.size() &&
+         stream.seen.size() == stream.hashes.size();
+}
+}  // namespace
+
+std::vector<size_t> DifferingPages(const RamPageTable& ram, const RamPageTable& stream) {
+  std::vector<size_t> out;
+  if (!SameShape(ram, stream)) return out;
+  for (size_t i = 0; i < ram.hashes.size(); ++i)
+    if (!stream.seen[i] || stream.hashes[i] != ram.hashes[i]) out.push_back(i);
+  return out;
+}
+
 Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream) {
-  if (ram.length != stream.length || stream.hashes.size() != ram.hashes.size() ||
-      stream.seen.size() != stream.hashes.size())
+  if (!SameShape(ram, stream))
     return Error(Errc::kIntegrity, "RAM block " + ram.block + " is " + std::to_string(ram.length) +
                                        " bytes, the stream's " + stream.block + " " +
                                        std::to_string(stream.length));
-  uint64_t differ = 0, missing = 0;
+  const std::vector<size_t> bad = DifferingPages(ram, stream);
+  if (bad.empty()) return Status::Ok();
+  uint64_t missing = 0;
   std::string first;
-  for (size_t i = 0; i < ram.hashes.size(); ++i) {
-    const bool absent = !stream.seen[i];
-    if (!absent && stream.hashes[i] == ram.hashes[i]) continue;
-    (absent ? missing : differ)++;
-    if (differ + missing <= 4)
-      first += (first.empty() ? "" : ", ") + Hex(i * kRamPageSize) + (absent ? " (never sent)" : "");
+  for (size_t k = 0; k < bad.size(); ++k) {
+    const bool absent = !stream.seen[bad[k]];
+    missing += absent;
+    if (k < 4)
+      first += (first.empty() ? "" : ", ") + Hex(bad[k] * kRamPageSize) + (absent ? " (never sent)" : "");
   }
-  if (differ == 0 && missing == 0) return Status::Ok();
   return Error(Errc::kIntegrity,
-               "guest RAM differs from what QEMU's stream carried: " + std::to_string(differ) +
-                   " page(s) stale, " + std::to_string(missing) + " never sent, in block " +
-                   ram.block + " at " + first + (differ + missing > 4 ? ", ..." : "") +
-                   " (QEMU missed a dirty page; the VM stays here)");
+               "guest RAM differs from what QEMU's stream carried: " +
+                   std::to_string(bad.size() - missing) + " page(s) stale, " +
+                   std::to_string(missing) + " never sent, in block " + ram.block + " at " + first +
+                   (bad.size() > 4 ? ", ..." : "") + " (QEMU missed a dirty page)");
+}
+
+Status RamStreamTracker::Repair(std::string_view block, uint64_t offset, ByteSpan page) {
+  RamPageTable* b = nullptr;
+  for (auto& t : blocks_)
+    if (t.block == block) b = &t;
+  if (b == nullptr) return Error(Errc::kInvalidArgument, "no RAM block " + std::string(block));
+  if (page.size() != kRamPageSize || offset % kRamPageSize != 0 || offset >= b->length)
+    return Error(Errc::kInvalidArgument, "repair of " + std::to_string(page.size()) +
+                                             " bytes at " + Hex(offset) + " in RAM block " +
+                                             b->block);
+  b->hashes[offset / kRamPageSize] = XXH3_64bits_dispatch(page.data(), page.size());
+  b->seen[offset / kRamPageSize] = 1;
+  return Status::Ok();
 }
 
 RamStreamTracker::RamStreamTracker(uint64_t max_ram_bytes) : max_ram_bytes_(max_ram_bytes) {}

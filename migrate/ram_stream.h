@@ -35,6 +35,10 @@
 namespace sod {
 
 inline constexpr size_t kRamPageSize = 4096;  // QEMU's TARGET_PAGE_SIZE on x86
+// RAM repair (PROTOCOL.md, "RAM check"): pages QEMU's stream got wrong, sent by the source on the
+// control channel as kStream chunks of this stream id, offset = byte offset in the RAM block.
+inline constexpr uint32_t kRamRepairStream = 1;
+inline constexpr size_t kMaxRamRepairPages = 4096;  // 16 MiB; more and the migration aborts
 
 // One RAM block, one hash per page.
 struct RamPageTable {
@@ -60,8 +64,12 @@ class RamFileHasher {
   RamFileHasher(const RamFileHasher&) = delete;
   RamFileHasher& operator=(const RamFileHasher&) = delete;
 
+  // Maps the file and faults in the mapping in the background (while the guest still runs), so
+  // that Start only hashes. Optional.
+  void Prepare(std::string path, std::string block);
+  // Hashes on `threads` background threads (after Prepare, or preparing first).
   void Start(std::string path, std::string block, int threads = 2);
-  bool started() const { return !threads_.empty() || done_; }
+  bool started() const { return started_; }
   // The table (or why the file could not be read). Call once, after Start.
   Result<RamPageTable> Finish();
 
@@ -79,8 +87,13 @@ class RamFileHasher {
   size_t map_len_ = 0;
   RamPageTable table_;
   std::atomic<size_t> next_chunk_{0};
-  bool done_ = false;
+  bool prepared_ = false;
+  bool started_ = false;
 };
+
+// The pages (indexes, ascending) whose last version in `stream` differs from `ram` or that
+// `stream` never carried. Empty when the tables are of different sizes (CompareRamTables says so).
+std::vector<size_t> DifferingPages(const RamPageTable& ram, const RamPageTable& stream);
 
 // OK when `stream` carried every page of `ram` with the same content. Otherwise kIntegrity naming
 // how many pages differ or never came, and the first few by guest-physical offset in the block.
@@ -95,6 +108,10 @@ class RamStreamTracker {
   // The stream's next bytes, in order, in pieces of any size. The tracker never stops the
   // stream: the first thing it cannot follow ends its work and becomes status().
   void Feed(ByteSpan bytes);
+
+  // A page of `block` the source sent apart from the stream (RAM repair): its hash replaces the
+  // stream's. kInvalidArgument for an unknown block, a bad offset or a size other than a page.
+  Status Repair(std::string_view block, uint64_t offset, ByteSpan page);
 
   // OK while the stream is understood (also after it is complete).
   const Status& status() const { return status_; }

@@ -1,6 +1,7 @@
 #include "migrate/stream_pump.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,12 +16,22 @@ namespace sod {
 // StreamPump
 
 StreamPump::StreamPump(int stream_fd, std::vector<RecordWriter*> writers, size_t chunk_bytes)
-    : fd_(stream_fd), writers_(std::move(writers)), chunk_bytes_(std::min(chunk_bytes, kMaxDataChunk)) {}
+    : fd_(stream_fd), writers_(std::move(writers)), chunk_bytes_(std::min(chunk_bytes, kMaxDataChunk)),
+      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 StreamPump::~StreamPump() {
   Stop();
   for (auto& t : threads_)
     if (t.joinable()) t.join();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void StreamPump::SourceCompleted() {
+  source_completed_.store(true);
+  if (wake_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
 }
 
 void StreamPump::Start() {
@@ -46,13 +57,17 @@ Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset
   size_t got = 0;
   while (got == 0) {
     if (stop_.load()) return Error(Errc::kAborted, "stream pump stopped");
-    pollfd p{fd_, POLLIN, 0};
-    int r = ::poll(&p, 1, 100);  // wake up now and then to notice Stop()
-    if (r < 0 && errno != EINTR) return SocketError("poll on", "the QEMU stream", errno);
-    if (r <= 0) continue;
+    const bool completed = source_completed_.load();
+    if (!completed) {
+      pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      int r = ::poll(p, wake_fd_ >= 0 ? 2 : 1, 100);  // wake up now and then to notice Stop()
+      if (r < 0 && errno != EINTR) return SocketError("poll on", "the QEMU stream", errno);
+      if (r <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    }
     ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
-    if (n == 0) {
+    if (n == 0 || (n < 0 && errno == EAGAIN && completed)) {
       eof_ = true;
+      eof_time_ = std::chrono::steady_clock::now();
       return size_t{0};
     }
     if (n < 0) {
@@ -65,7 +80,10 @@ Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset
   while (got < buf.size()) {
     ssize_t n = ::recv(fd_, buf.data() + got, buf.size() - got, MSG_DONTWAIT);
     if (n <= 0) {
-      if (n == 0) eof_ = true;
+      if (n == 0) {
+        eof_ = true;
+        eof_time_ = std::chrono::steady_clock::now();
+      }
       break;
     }
     got += static_cast<size_t>(n);

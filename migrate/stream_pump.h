@@ -42,10 +42,18 @@ class StreamPump {
   Status Wait();
   // Makes the threads give up soon (without ending their channels properly).
   void Stop();
+  // QEMU reported the migration completed: everything it will write is in the socket already,
+  // so the stream ends where the socket runs dry (without waiting for QEMU to close its end).
+  void SourceCompleted();
 
   // The pre-copy round that new records are tagged with.
   void set_round(uint32_t round) { round_.store(round, std::memory_order_relaxed); }
   uint64_t stream_bytes() const { return offset_.load(std::memory_order_relaxed); }
+  // When the end of QEMU's stream was read (valid after Wait returned OK).
+  std::chrono::steady_clock::time_point eof_time() const {
+    std::lock_guard<std::mutex> l(read_mu_);
+    return eof_time_;
+  }
   bool finished() const { return done_threads_.load() == threads_.size() && !threads_.empty(); }
   // The first error of any thread (OK while none failed).
   Status error() const;
@@ -61,11 +69,14 @@ class StreamPump {
   size_t chunk_bytes_;
   std::function<void(ByteSpan)> observer_;
   std::vector<std::thread> threads_;
-  std::mutex read_mu_;  // one reader of the socket at a time; guards eof_
+  mutable std::mutex read_mu_;  // one reader of the socket at a time; guards eof_, eof_time_
   bool eof_ = false;
+  std::chrono::steady_clock::time_point eof_time_{};
   std::atomic<uint64_t> offset_{0};
   std::atomic<uint32_t> round_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> source_completed_{false};
+  int wake_fd_ = -1;  // eventfd: wakes a reader out of poll when the source completed
   std::atomic<size_t> done_threads_{0};
   mutable std::mutex err_mu_;
   Status error_;

@@ -6,9 +6,11 @@
 #                        the default full run, 24 runs, took ~8 min)
 #   --reps N             repetitions (default 3); modes are interleaved inside each repetition
 #   --mem MIB            guest RAM (default 1024; --quick 512)
-#   --modes LIST         comma list of plain,tls,sod (default plain,tls,sod). sod: two sodd hosts on
-#                        loopback (built here if missing, in $SOD_BUILD_DIR or build/), the guest
-#                        booted by sodd, moved with `sodctl migrate` (run_sod in scripts/bench/driver.py)
+#   --modes LIST         comma list of plain,tls,sod,sod-noram (default: all four). sod: two sodd
+#                        hosts on loopback (built here if missing, in $SOD_BUILD_DIR or build/), the
+#                        guest booted by sodd, moved with `sodctl migrate` (run_sod in
+#                        scripts/bench/driver.py); sod-noram: the same with --no-verify-ram (what
+#                        the RAM check costs)
 #   --workloads LIST     default idle,moderate,heavy,max:
 #                          idle      no dirtier (sod.dirty_mb=0)
 #                          moderate  128 MiB working set dirtied at 32 MiB/s
@@ -88,9 +90,9 @@ if [ -n "$report" ]; then
 fi
 
 # sod's binaries, unless the modes leave sod out.
-modes_arg=plain,tls,sod
+modes_arg=plain,tls,sod,sod-noram
 for ((i = 0; i < ${#pass[@]}; i++)); do [ "${pass[$i]}" = --modes ] && modes_arg=${pass[$((i + 1))]}; done
-if [[ ",$modes_arg," == *,sod,* ]]; then
+if [[ ",$modes_arg," == *,sod* ]]; then
   . "$REPO/scripts/lib/deps.sh"
   sod_ensure_packages build >&2
   export SOD_BUILD_DIR=${SOD_BUILD_DIR:-$REPO/build}

@@ -6,6 +6,7 @@
 // destination may no longer commit, the source resumes, and the VM runs in exactly one place).
 #include <fstream>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include "migration_fixture.h"
@@ -74,31 +75,62 @@ TEST_F(MigrationRecoveryTest, RamDigestMismatchIsRefused) {
 
 // QEMU missing a dirty page, reproduced: once QEMU has paused the guest, bytes of its RAM
 // change behind QEMU's dirty tracking (through the shared memory file), so QEMU never re-sends
-// those pages. The source's RAM check finds them and refuses to commit; the VM keeps running at
-// the source, with the changed bytes (its RAM is the truth), and nothing runs at hostb.
-// The pages are in the guest's first MiB, which Linux reserves and leaves alone (changing them
-// does the guest no harm), and QEMU sends them early in its first pass. (Pages QEMU had not sent
-// yet when it paused, or that the guest dirtied in the last round, go out after the change and
-// carry it; then nothing is missed.)
-TEST_F(MigrationRecoveryTest, PagesQemuNeverResentAreFoundByTheSourceAndTheVmStays) {
+// those pages. The pages are in the guest's first MiB, which Linux reserves and leaves alone
+// (changing them does the guest no harm), and QEMU sends them early in its first pass.
+void ChangeSixPagesBehindQemu(const std::string& memory_file) {
+  std::fstream f(memory_file, std::ios::in | std::ios::out | std::ios::binary);
+  for (long k = 0; k < 6; ++k) {
+    f.seekg(0x20000 + k * 0x10000 + 17);
+    const int c = f.get();
+    f.seekp(0x20000 + k * 0x10000 + 17);
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  ASSERT_TRUE(f.good());
+}
+
+// The source finds the six pages, sends them itself, the destination writes them into the
+// paused VM's RAM before it verifies: the VM moves with the RAM the source had, changes included.
+TEST_F(MigrationRecoveryTest, PagesQemuNeverResentAreRepairedAndTheVmMoves) {
   BootSource("sod.dirty_mb=0");
   SourceOptions opts;
-  opts.at_pause_for_testing = [&] {
-    std::fstream f(source_vm_->paths().memory_file, std::ios::in | std::ios::out | std::ios::binary);
-    for (long k = 0; k < 6; ++k) {
-      f.seekg(0x20000 + k * 0x10000 + 17);
-      const int c = f.get();
-      f.seekp(0x20000 + k * 0x10000 + 17);
-      f.put(static_cast<char>(c ^ 0x5a));
-    }
-    ASSERT_TRUE(f.good());
+  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(source_vm_->paths().memory_file); };
+  std::optional<std::array<uint8_t, 16>> source_ram, dest_ram;
+  opts.mutate_receipt_for_testing = [&](Receipt&) {
+    auto d = source_vm_->RamDigest();
+    if (d.ok()) source_ram = *d;
   };
+  DestinationContext ctx = DestContext();
+  ctx.before_decide_for_testing = [&](const MigrationId&) {
+    std::lock_guard<std::mutex> l(dest_files_mu_);
+    auto t = HashRamFile(dest_memory_files_.back(), kRamBlockName);
+    if (t.ok()) dest_ram = RamTableDigest(*t);
+  };
+  Outcome o = Migrate(ctx, "hostb", opts);
+  ASSERT_EQ(o.source.outcome, SourceOutcome::kCommitted) << o.source.error.ToString();
+  ASSERT_TRUE(o.dest.error.ok()) << o.dest.error.ToString();
+  EXPECT_EQ(o.source.ram_pages_repaired, 6u);
+  EXPECT_EQ(o.dest.ram_pages_repaired, 6u);
+  ASSERT_TRUE(source_ram && dest_ram);
+  EXPECT_EQ(ToHex(*source_ram), ToHex(*dest_ram)) << "the destination has the source's RAM";
+  ASSERT_TRUE(dest_vm_);
+  EXPECT_EQ(*dest_vm_->RunState(), "running");
+}
+
+// Beyond the repair limit the source refuses to commit: the VM keeps running at the source,
+// with the changed bytes (its RAM is the truth), and nothing runs at hostb.
+TEST_F(MigrationRecoveryTest, MorePagesThanTheRepairLimitAbortAndTheVmStays) {
+  BootSource("sod.dirty_mb=0");
+  SourceOptions opts;
+  opts.max_ram_repair_pages = 5;
+  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(source_vm_->paths().memory_file); };
   Outcome o = Migrate(DestContext(), "hostb", opts);
   EXPECT_EQ(o.source.outcome, SourceOutcome::kAborted);
   EXPECT_EQ(o.source.error.code(), Errc::kIntegrity) << o.source.error.ToString();
   EXPECT_NE(o.source.error.message().find("6 page(s) stale, 0 never sent, in block mem0 at "
                                           "0x20000, 0x30000, 0x40000, 0x50000, ..."),
             std::string::npos)
+      << o.source.error.ToString();
+  EXPECT_NE(o.source.error.message().find("more than 5 pages to repair"), std::string::npos)
       << o.source.error.ToString();
   EXPECT_EQ(o.dest.error.code(), Errc::kAborted) << o.dest.error.ToString();
   EXPECT_EQ(b_.ledger.Lookup(o.source.id), MigrationOutcome::kAborted);

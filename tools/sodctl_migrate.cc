@@ -96,6 +96,9 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
             << "  stream        " << Mib(s.value("stream_bytes", 0ull)) << " in "
             << s.value("rounds", 0) << " rounds, " << Mib(s.value("wire_bytes", 0ull))
             << " on the wire\n";
+  if (s.value("ram_pages_repaired", 0) > 0)
+    std::cout << "  RAM repair    " << s.value("ram_pages_repaired", 0)
+              << " page(s) QEMU did not re-send after the guest changed them were sent by sod\n";
   if (s.contains("phases_ms") && s["phases_ms"].is_array() && !s["phases_ms"].empty()) {
     // Where the time went: each step's end, in ms since the session began.
     std::cout << "  steps (ms)   ";
