@@ -73,41 +73,9 @@ std::array<uint8_t, 16> RamTableDigest(const RamPageTable& t) {
 }
 
 Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block, int threads) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Error(Errc::kIo, "open " + path + ": " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    return Error(Errc::kIo, "stat " + path + ": " + std::strerror(e));
-  }
-  RamPageTable t;
-  t.block = std::string(block);
-  t.length = static_cast<uint64_t>(st.st_size) & ~kFlagMask;
-  t.hashes.resize(t.length / kRamPageSize);
-  if (t.length == 0) {
-    ::close(fd);
-    return t;
-  }
-  // Populated up front: one pass of page-table setup is far cheaper than a fault per page.
-  void* map = ::mmap(nullptr, t.length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-  int e = errno;
-  ::close(fd);
-  if (map == MAP_FAILED) return Error(Errc::kIo, "mmap " + path + ": " + std::strerror(e));
-  const auto* base = static_cast<const uint8_t*>(map);
-  const size_t pages = t.hashes.size();
-  auto work = [&](size_t from, size_t to) {
-    for (size_t i = from; i < to; ++i)
-      t.hashes[i] = XXH3_64bits_dispatch(base + i * kRamPageSize, kRamPageSize);
-  };
-  const size_t n = static_cast<size_t>(std::clamp(threads, 1, 16));
-  std::vector<std::thread> helpers;
-  for (size_t k = 1; k < n; ++k)
-    helpers.emplace_back(work, pages * k / n, pages * (k + 1) / n);
-  work(0, pages / n);
-  for (auto& h : helpers) h.join();
-  ::munmap(map, t.length);
-  return t;
+  RamFileHasher h;
+  h.Start(path, std::string(block), std::clamp(threads, 1, 16) - 1);  // Finish is the last one
+  return h.Finish();
 }
 
 namespace {
@@ -118,6 +86,7 @@ RamFileHasher::~RamFileHasher() {
   for (auto& t : threads_)
     if (t.joinable()) t.join();
   if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void RamFileHasher::Prepare(std::string path, std::string block) {
@@ -144,15 +113,18 @@ void RamFileHasher::Start(std::string path, std::string block, int threads) {
 
 void RamFileHasher::Map() {
   Status err;
-  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   struct stat st {};
-  if (fd < 0 || ::fstat(fd, &st) != 0) {
+  if (fd_ < 0 || ::fstat(fd_, &st) != 0) {
     err = Error(Errc::kIo, "open " + path_ + ": " + std::strerror(errno));
   } else {
     table_.length = static_cast<uint64_t>(st.st_size) & ~kFlagMask;
     table_.hashes.resize(table_.length / kRamPageSize);
     if (table_.length != 0) {
-      void* map = ::mmap(nullptr, table_.length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+      // Not populated: a page the guest never touched is a hole in the file, and reading it
+      // through a shared mapping would allocate it. Work() skips holes and faults in only the
+      // pages it hashes.
+      void* map = ::mmap(nullptr, table_.length, PROT_READ, MAP_SHARED, fd_, 0);
       if (map == MAP_FAILED) {
         err = Error(Errc::kIo, "mmap " + path_ + ": " + std::strerror(errno));
       } else {
@@ -161,23 +133,64 @@ void RamFileHasher::Map() {
       }
     }
   }
-  if (fd >= 0) ::close(fd);
   std::lock_guard<std::mutex> l(mu_);
   error_ = err;
   mapped_ = true;
   mapped_cv_.notify_all();
 }
 
+namespace {
+// With no swap, a page of a tmpfs file that is not in memory is a hole: zeros, never written.
+bool SystemHasSwap() {
+  std::FILE* f = std::fopen("/proc/swaps", "re");
+  if (f == nullptr) return true;  // cannot tell: read every page
+  int lines = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;) lines += c == '\n';
+  std::fclose(f);
+  return lines > 1;  // a header line, then one per swap area
+}
+}  // namespace
+
 void RamFileHasher::Work() {
   if (base_ == nullptr) return;
+  static const uint64_t zero_hash = [] {
+    static const uint8_t zero[kRamPageSize] = {};
+    return XXH3_64bits_dispatch(zero, kRamPageSize);
+  }();
+  static const bool swap = SystemHasSwap();
   const size_t pages = table_.hashes.size();
+  unsigned char resident[kHashChunkPages];
+  uint8_t page[kRamPageSize];
   for (;;) {
     const size_t c = next_chunk_.fetch_add(1);
     const size_t from = c * kHashChunkPages;
     if (from >= pages) return;
-    const size_t to = std::min(pages, from + kHashChunkPages);
-    for (size_t i = from; i < to; ++i)
-      table_.hashes[i] = XXH3_64bits_dispatch(base_ + i * kRamPageSize, kRamPageSize);
+    const size_t n = std::min(pages, from + kHashChunkPages) - from;
+    uint8_t* chunk = const_cast<uint8_t*>(base_) + from * kRamPageSize;
+    // A page the guest never touched is a hole in the file; touching it through the mapping
+    // would allocate it (a 1 GiB idle guest would grow by ~1 GiB). mincore tells without touching.
+    if (::mincore(chunk, n * kRamPageSize, resident) != 0) std::memset(resident, 1, n);
+    for (size_t i = 0; i < n;) {
+      size_t j = i;
+      while (j < n && (resident[j] & 1) == (resident[i] & 1)) ++j;
+      if (resident[i] & 1) {
+        // Map the run at once: far cheaper than a fault per page (old kernels: per page).
+        (void)::madvise(chunk + i * kRamPageSize, (j - i) * kRamPageSize, MADV_POPULATE_READ);
+        for (size_t k = i; k < j; ++k)
+          table_.hashes[from + k] = XXH3_64bits_dispatch(chunk + k * kRamPageSize, kRamPageSize);
+      } else {
+        for (size_t k = i; k < j; ++k) {
+          uint64_t h = zero_hash;
+          if (swap) {  // maybe swapped out: read it (a hole reads as zeros, unallocated)
+            const off_t at = static_cast<off_t>((from + k) * kRamPageSize);
+            if (::pread(fd_, page, kRamPageSize, at) == static_cast<ssize_t>(kRamPageSize))
+              h = XXH3_64bits_dispatch(page, kRamPageSize);
+          }
+          table_.hashes[from + k] = h;
+        }
+      }
+      i = j;
+    }
   }
 }
 
@@ -192,6 +205,8 @@ Result<RamPageTable> RamFileHasher::Finish() {
     if (t.joinable()) t.join();
   if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), map_len_);
   base_ = nullptr;
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
   if (!error_.ok()) return error_;
   return std::move(table_);
 }

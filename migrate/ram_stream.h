@@ -52,7 +52,8 @@ struct RamPageTable {
 // page hash (u64 LE) in page order. Equal tables give equal digests.
 std::array<uint8_t, 16> RamTableDigest(const RamPageTable& table);
 
-// Hashes every page of the memory file at `path` (mapped read-only) with `threads` threads.
+// Hashes every page of the memory file at `path` (mapped read-only; holes, pages the guest never
+// touched, count as zero pages without being read) with `threads` threads.
 Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block, int threads = 2);
 
 // HashRamFile on background threads, started as soon as the RAM is final; whoever needs the
@@ -83,6 +84,7 @@ class RamFileHasher {
   std::condition_variable mapped_cv_;
   bool mapped_ = false;  // guarded by mu_: the map (or its error) is ready
   Status error_;
+  int fd_ = -1;
   const uint8_t* base_ = nullptr;
   size_t map_len_ = 0;
   RamPageTable table_;

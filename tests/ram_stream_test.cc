@@ -6,6 +6,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -277,6 +279,40 @@ TEST_F(RamStreamTest, WhatItCannotFollowIsRefusedWithAReason) {
       EXPECT_FALSE(t.ram_complete()) << c.name;
     }
   }
+}
+
+// Pages the guest never touched are holes in its memory file: they hash as zero pages, and
+// hashing does not allocate them (a 1 GiB idle guest would otherwise grow by ~1 GiB at the pause).
+TEST_F(RamStreamTest, HolesHashAsZeroPagesWithoutBeingAllocated) {
+  const std::string sparse = "/dev/shm/sod-ram-stream-test-sparse-" + std::to_string(::getpid());
+  constexpr uint64_t kPages = 4096;  // 16 MiB, 8 hashing chunks
+  {
+    int fd = ::open(sparse.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, kPages * kPage), 0);
+    for (uint64_t page : {3u, 600u, 601u, 4095u}) {
+      Bytes p = Filled(static_cast<uint8_t>(page));
+      ASSERT_EQ(::pwrite(fd, p.data(), p.size(), static_cast<off_t>(page * kPage)),
+                static_cast<ssize_t>(p.size()));
+    }
+    ::close(fd);
+  }
+  auto blocks = [&] {
+    struct stat st {};
+    ::stat(sparse.c_str(), &st);
+    return st.st_blocks;
+  };
+  const auto before = blocks();
+  auto t = HashRamFile(sparse, "mem0", 3);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(blocks(), before) << "hashing allocated holes";
+  Bytes ram(kPages * kPage, 0);
+  for (uint64_t page : {3u, 600u, 601u, 4095u})
+    std::fill_n(ram.begin() + page * kPage, kPage, static_cast<uint8_t>(page));
+  RamPageTable dense = HashOf(ram);
+  EXPECT_EQ(t->hashes, dense.hashes);
+  EXPECT_EQ(RamTableDigest(*t), RamTableDigest(dense));
+  fs::remove(sparse);
 }
 
 TEST_F(RamStreamTest, HashRamFileRefusesWhatItCannotRead) {
