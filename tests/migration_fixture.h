@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <functional>
 #include <future>
 #include <iostream>
@@ -190,6 +191,24 @@ class MigrationFixture : public ::testing::Test {
               << ")\n  destination: " << Name(out.dest.final_state) << " ("
               << out.dest.error.ToString() << ")\n";
     return out;
+  }
+
+  // Both RAMs hashed by the test itself from their memory files, apart from the protocol: the
+  // source's when its receipt is built (QEMU paused it for good), the destination's before it
+  // decides (its QEMU loaded the stream; the VM has not run). Installs hooks into opts and ctx.
+  struct RamDigests {
+    std::optional<std::array<uint8_t, 16>> source, dest;
+  };
+  void WitnessRam(SourceOptions& opts, DestinationContext& ctx, RamDigests& out) {
+    opts.mutate_receipt_for_testing = [this, &out](Receipt&) {
+      auto d = source_vm_->RamDigest();
+      if (d.ok()) out.source = *d;
+    };
+    ctx.before_decide_for_testing = [this, &out](const MigrationId&) {
+      std::lock_guard<std::mutex> l(dest_files_mu_);
+      auto t = HashRamFile(dest_memory_files_.back(), kRamBlockName);
+      if (t.ok()) out.dest = RamTableDigest(*t);
+    };
   }
 
   void ExpectSourceStillRunsAndNothingAtDestination() {

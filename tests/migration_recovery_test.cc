@@ -94,24 +94,16 @@ TEST_F(MigrationRecoveryTest, PagesQemuNeverResentAreRepairedAndTheVmMoves) {
   BootSource("sod.dirty_mb=0");
   SourceOptions opts;
   opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(source_vm_->paths().memory_file); };
-  std::optional<std::array<uint8_t, 16>> source_ram, dest_ram;
-  opts.mutate_receipt_for_testing = [&](Receipt&) {
-    auto d = source_vm_->RamDigest();
-    if (d.ok()) source_ram = *d;
-  };
   DestinationContext ctx = DestContext();
-  ctx.before_decide_for_testing = [&](const MigrationId&) {
-    std::lock_guard<std::mutex> l(dest_files_mu_);
-    auto t = HashRamFile(dest_memory_files_.back(), kRamBlockName);
-    if (t.ok()) dest_ram = RamTableDigest(*t);
-  };
+  RamDigests ram;
+  WitnessRam(opts, ctx, ram);
   Outcome o = Migrate(ctx, "hostb", opts);
   ASSERT_EQ(o.source.outcome, SourceOutcome::kCommitted) << o.source.error.ToString();
   ASSERT_TRUE(o.dest.error.ok()) << o.dest.error.ToString();
   EXPECT_EQ(o.source.ram_pages_repaired, 6u);
   EXPECT_EQ(o.dest.ram_pages_repaired, 6u);
-  ASSERT_TRUE(source_ram && dest_ram);
-  EXPECT_EQ(ToHex(*source_ram), ToHex(*dest_ram)) << "the destination has the source's RAM";
+  ASSERT_TRUE(ram.source && ram.dest);
+  EXPECT_EQ(ToHex(*ram.source), ToHex(*ram.dest)) << "the destination has the source's RAM";
   ASSERT_TRUE(dest_vm_);
   EXPECT_EQ(*dest_vm_->RunState(), "running");
 }

@@ -32,21 +32,11 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   ASSERT_GT(hb_before, 0);
   const std::string source_serial = source_vm_->paths().serial_log;
 
-  // Both RAMs, hashed from their memory files by the test itself: the source's once QEMU paused
-  // it for good (the receipt is built then), the destination's once its QEMU loaded the stream,
-  // before it resumes.
-  std::optional<std::array<uint8_t, 16>> source_ram, dest_ram;
+  // Both RAMs, hashed from their memory files by the test itself (WitnessRam).
   SourceOptions opts;
-  opts.mutate_receipt_for_testing = [&](Receipt&) {
-    auto d = source_vm_->RamDigest();
-    if (d.ok()) source_ram = *d;
-  };
   DestinationContext ctx = DestContext();
-  ctx.before_decide_for_testing = [&](const MigrationId&) {
-    std::lock_guard<std::mutex> l(dest_files_mu_);
-    auto t = HashRamFile(dest_memory_files_.back(), kRamBlockName);
-    if (t.ok()) dest_ram = RamTableDigest(*t);
-  };
+  RamDigests ram;
+  WitnessRam(opts, ctx, ram);
   Outcome o = Migrate(ctx, "hostb", opts);
   ASSERT_TRUE(o.connect.ok()) << o.connect.ToString();
   ASSERT_EQ(o.source.outcome, SourceOutcome::kCommitted) << o.source.error.ToString();
@@ -88,9 +78,9 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   const Receipt& r = o.source.receipt->receipt;
   EXPECT_TRUE(r.ram_digest_present);
   // The destination's RAM equals the source's final RAM, and the receipt states that digest.
-  ASSERT_TRUE(source_ram && dest_ram);
-  EXPECT_EQ(ToHex(*source_ram), ToHex(*dest_ram));
-  EXPECT_EQ(ToHex(*source_ram), ToHex(r.ram_digest));
+  ASSERT_TRUE(ram.source && ram.dest);
+  EXPECT_EQ(ToHex(*ram.source), ToHex(*ram.dest));
+  EXPECT_EQ(ToHex(*ram.source), ToHex(r.ram_digest));
   // Where the time went, in order, on both hosts ("ram-repaired" only when QEMU missed pages).
   std::vector<std::string> phases;
   for (const auto& [name, ms] : o.source.phases.marks())
