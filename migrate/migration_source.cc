@@ -301,6 +301,9 @@ Status SourceMigration::StreamUntilCompleted() {
         stop_unix_s_ = ev->timestamp;
       } else if (ev->name == "MIGRATION_PASS") {
         pump_->set_round(ev->data.value("pass", 0u));
+        // QEMU's first pass has read (and so allocated) every page of the memory file: map them
+        // for the RAM check now, while the guest still runs.
+        if (tracker_ && ev->data.value("pass", 0u) >= 2) ram_hasher_.Prefault();
       } else if (ev->name == "MIGRATION") {
         const std::string status = ev->data.value("status", "");
         if (status == "pre-switchover") {
@@ -308,6 +311,8 @@ Status SourceMigration::StreamUntilCompleted() {
         } else if (status == "completed") {
           qemu_migrating_ = false;
           pump_->SourceCompleted();
+          // QEMU's last pass is over: a core is free for the RAM check.
+          if (tracker_) ram_hasher_.AddWorker();
           Event(SourceEvent::kQemuCompleted);
           Mark("qemu-completed");
           return Status::Ok();

@@ -97,10 +97,48 @@ void RamFileHasher::Prepare(std::string path, std::string block) {
   threads_.emplace_back([this] { Map(); });
 }
 
+void RamFileHasher::Prefault() {
+  if (!prepared_ || prefaulting_ || started_) return;
+  prefaulting_ = true;
+  threads_.emplace_back([this] {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      mapped_cv_.wait(l, [this] { return mapped_; });
+    }
+    if (base_ == nullptr) return;
+    unsigned char resident[kHashChunkPages];
+    const size_t pages = table_.hashes.size();
+    for (size_t from = 0; from < pages && !hashing_.load(); from += kHashChunkPages) {
+      const size_t n = std::min(pages - from, kHashChunkPages);
+      uint8_t* chunk = const_cast<uint8_t*>(base_) + from * kRamPageSize;
+      if (::mincore(chunk, n * kRamPageSize, resident) != 0) continue;
+      for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && (resident[j] & 1) == (resident[i] & 1)) ++j;
+        if (resident[i] & 1)
+          (void)::madvise(chunk + i * kRamPageSize, (j - i) * kRamPageSize, MADV_POPULATE_READ);
+        i = j;
+      }
+    }
+  });
+}
+
+void RamFileHasher::AddWorker() {
+  if (!started_) return;
+  threads_.emplace_back([this] {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      mapped_cv_.wait(l, [this] { return mapped_; });
+    }
+    Work();
+  });
+}
+
 void RamFileHasher::Start(std::string path, std::string block, int threads) {
   Prepare(std::move(path), std::move(block));
   if (started_) return;
   started_ = true;
+  hashing_.store(true);
   for (int k = 0; k < threads; ++k)
     threads_.emplace_back([this] {
       {

@@ -68,9 +68,15 @@ class RamFileHasher {
   // Maps the file and faults in the mapping in the background (while the guest still runs), so
   // that Start only hashes. Optional.
   void Prepare(std::string path, std::string block);
+  // Faults the mapping in for the pages the file holds by now, in the background (e.g. once QEMU's
+  // first pass made the file dense), so that the pass at the pause only reads. Stops when hashing
+  // starts. After Prepare; once.
+  void Prefault();
   // Hashes on `threads` background threads (after Prepare, or preparing first).
   void Start(std::string path, std::string block, int threads = 2);
   bool started() const { return started_; }
+  // One more hashing thread (after Start), e.g. once other work has left a core free.
+  void AddWorker();
   // The table (or why the file could not be read). Call once, after Start.
   Result<RamPageTable> Finish();
 
@@ -91,6 +97,8 @@ class RamFileHasher {
   std::atomic<size_t> next_chunk_{0};
   bool prepared_ = false;
   bool started_ = false;
+  bool prefaulting_ = false;
+  std::atomic<bool> hashing_{false};
 };
 
 // The pages (indexes, ascending) whose last version in `stream` differs from `ram` or that
