@@ -97,14 +97,16 @@ void RamFileHasher::Prepare(std::string path, std::string block) {
   threads_.emplace_back([this] { Map(); });
 }
 
+void RamFileHasher::WaitMapped() {
+  std::unique_lock<std::mutex> l(mu_);
+  mapped_cv_.wait(l, [this] { return mapped_; });
+}
+
 void RamFileHasher::Prefault() {
   if (!prepared_ || prefaulting_ || started_) return;
   prefaulting_ = true;
   threads_.emplace_back([this] {
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      mapped_cv_.wait(l, [this] { return mapped_; });
-    }
+    WaitMapped();
     if (base_ == nullptr) return;
     unsigned char resident[kHashChunkPages];
     const size_t pages = table_.hashes.size();
@@ -126,10 +128,7 @@ void RamFileHasher::Prefault() {
 void RamFileHasher::AddWorker() {
   if (!started_) return;
   threads_.emplace_back([this] {
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      mapped_cv_.wait(l, [this] { return mapped_; });
-    }
+    WaitMapped();
     Work();
   });
 }
@@ -141,10 +140,7 @@ void RamFileHasher::Start(std::string path, std::string block, int threads) {
   hashing_.store(true);
   for (int k = 0; k < threads; ++k)
     threads_.emplace_back([this] {
-      {
-        std::unique_lock<std::mutex> l(mu_);
-        mapped_cv_.wait(l, [this] { return mapped_; });
-      }
+      WaitMapped();
       Work();
     });
 }
@@ -234,10 +230,7 @@ void RamFileHasher::Work() {
 
 Result<RamPageTable> RamFileHasher::Finish() {
   if (!prepared_) return Error(Errc::kInternal, "the RAM was never mapped for hashing");
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    mapped_cv_.wait(l, [this] { return mapped_; });
-  }
+  WaitMapped();
   Work();  // share what is left
   for (auto& t : threads_)
     if (t.joinable()) t.join();
@@ -287,9 +280,7 @@ Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream) {
 }
 
 Status RamStreamTracker::Repair(std::string_view block, uint64_t offset, ByteSpan page) {
-  RamPageTable* b = nullptr;
-  for (auto& t : blocks_)
-    if (t.block == block) b = &t;
+  RamPageTable* b = FindBlock(block);
   if (b == nullptr) return Error(Errc::kInvalidArgument, "no RAM block " + std::string(block));
   if (page.size() != kRamPageSize || offset % kRamPageSize != 0 || offset >= b->length)
     return Error(Errc::kInvalidArgument, "repair of " + std::to_string(page.size()) +
@@ -302,10 +293,14 @@ Status RamStreamTracker::Repair(std::string_view block, uint64_t offset, ByteSpa
 
 RamStreamTracker::RamStreamTracker(uint64_t max_ram_bytes) : max_ram_bytes_(max_ram_bytes) {}
 
-const RamPageTable* RamStreamTracker::Block(std::string_view name) const {
-  for (const auto& b : blocks_)
+RamPageTable* RamStreamTracker::FindBlock(std::string_view name) {
+  for (auto& b : blocks_)
     if (b.block == name) return &b;
   return nullptr;
+}
+
+const RamPageTable* RamStreamTracker::Block(std::string_view name) const {
+  return const_cast<RamStreamTracker*>(this)->FindBlock(name);
 }
 
 ptrdiff_t RamStreamTracker::Fail(std::string why) {
@@ -516,9 +511,7 @@ ptrdiff_t RamStreamTracker::Step(const uint8_t* p, size_t n) {
         const size_t id_len = p[8];
         if (n < 9 + id_len) return -1;
         const std::string_view id(reinterpret_cast<const char*>(p + 9), id_len);
-        block = nullptr;
-        for (auto& b : blocks_)
-          if (b.block == id) block = &b;
+        block = FindBlock(id);
         if (block == nullptr) return Fail("page of an undeclared RAM block '" + std::string(id) + "'");
         head = 9 + id_len;
       }

@@ -82,6 +82,7 @@ class RamFileHasher {
 
  private:
   void Map();
+  void WaitMapped();
   void Work();
 
   std::string path_;
@@ -139,6 +140,7 @@ class RamStreamTracker {
   // the item is not complete in n bytes.
   ptrdiff_t Step(const uint8_t* p, size_t n);
   ptrdiff_t Fail(std::string why);
+  RamPageTable* FindBlock(std::string_view name);
   uint64_t FillHash(uint8_t fill);
 
   uint64_t max_ram_bytes_;
