@@ -183,7 +183,7 @@ Status DestinationMigration::Prepare() {
   sink_ = std::make_unique<StreamSink>(engine_fd_.get(), session_.data_readers(),
                                        ctx_.step_timeout);
   if (offer_.verify_ram) {
-    tracker_ = std::make_unique<RamStreamTracker>(offer_.ram_bytes + (256ull << 20));
+    tracker_ = std::make_unique<RamStreamTracker>(offer_.ram_bytes + kRamStreamRomSlack);
     sink_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
   }
   // A broken data channel or a dead QEMU: tell the source at once (it is streaming and would

@@ -101,10 +101,9 @@ class SourceMigration {
 
 void SourceMigration::StartRamHash() {
   if (!tracker_ || ram_hasher_.started()) return;
-  // QEMU has paused the VM: its RAM is final. Hash it while the switchover check, the last
-  // pages and the device state go on.
-  // One thread: QEMU's last pages and the destination need the other core now; the commit path
-  // helps with what is left (RamFileHasher::Finish).
+  // QEMU has paused the VM: its RAM is final. Hash it on one thread while the switchover check,
+  // the last pages and the device state go on (they need the other core); more threads join
+  // once QEMU is done and in the commit path (RamFileHasher::AddWorker, Finish).
   ram_hasher_.Start(vm_.paths().memory_file, std::string(kRamBlockName), 1);
 }
 
@@ -139,7 +138,8 @@ Status SourceMigration::CheckRam(Receipt& r) {
     // QEMU missed pages (its dirty tracking under TCG does, now and then): the RAM here is the
     // truth, and the destination has not run the VM: send it those pages ourselves.
     const std::vector<size_t> bad = DifferingPages(ram, *sent);
-    if (bad.empty() || bad.size() > opts_.max_ram_repair_pages)
+    if (bad.empty()) return same;  // the block sizes differ: nothing a page could repair
+    if (bad.size() > opts_.max_ram_repair_pages)
       return same.WithContext("more than " + std::to_string(opts_.max_ram_repair_pages) +
                               " pages to repair; the VM stays here");
     SOD_RETURN_IF_ERROR(SendRamRepair(bad).WithContext("sending the pages QEMU missed"));
@@ -244,9 +244,8 @@ Status SourceMigration::StartStream() {
   fds.first.Reset();  // QEMU holds its own copy now
   pump_ = std::make_unique<StreamPump>(engine_fd_.get(), session_.data_writers());
   if (opts_.verify_ram) {
-    // Room for the ROMs and firmware blocks next to the guest's RAM.
     tracker_ = std::make_unique<RamStreamTracker>((uint64_t{vm_.spec().memory_mb} << 20) +
-                                                  (256ull << 20));
+                                                  kRamStreamRomSlack);
     pump_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
     // Map the guest RAM now, while it streams: at the pause only the hashing is left.
     ram_hasher_.Prepare(vm_.paths().memory_file, std::string(kRamBlockName));

@@ -39,6 +39,8 @@ inline constexpr size_t kRamPageSize = 4096;  // QEMU's TARGET_PAGE_SIZE on x86
 // control channel as kStream chunks of this stream id, offset = byte offset in the RAM block.
 inline constexpr uint32_t kRamRepairStream = 1;
 inline constexpr size_t kMaxRamRepairPages = 4096;  // 16 MiB; more and the migration aborts
+// What a stream may declare beyond the guest's RAM: ROMs and firmware blocks.
+inline constexpr uint64_t kRamStreamRomSlack = uint64_t{256} << 20;
 
 // One RAM block, one hash per page.
 struct RamPageTable {
