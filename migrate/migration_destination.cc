@@ -172,9 +172,7 @@ Status DestinationMigration::Prepare() {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
     return SocketError("socketpair for", "the incoming stream", errno);
   UniqueFd qemu_end(fds[0]);
-  engine_fd_.Reset(fds[1]);
-  int size = 4 << 20;
-  ::setsockopt(engine_fd_.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+  engine_fd_.Reset(fds[1]);  // default buffer size on purpose: PROTOCOL.md, "Stream"
   SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, qemu_end.get()));
   qemu_end.Reset();
   SOD_RETURN_IF_ERROR(

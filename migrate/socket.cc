@@ -13,9 +13,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
-#include <fstream>
 #include <memory>
-#include <optional>
 
 namespace sod {
 namespace {
@@ -113,31 +111,6 @@ Clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
     return Clock::time_point::max();
   }
   return now + std::max(timeout, std::chrono::milliseconds(0));
-}
-
-std::optional<long> ReadSysctl(const char* path) {
-  std::ifstream in(path);
-  long v = 0;
-  if (!(in >> v)) return std::nullopt;
-  return v;
-}
-
-// Raises one socket buffer (SO_SNDBUF or SO_RCVBUF) to `target` when allowed.
-Status RaiseBuffer(int fd, int opt, int force_opt, const char* sysctl_max, int target,
-                   const char* name) {
-  int current = 0;
-  socklen_t len = sizeof(current);
-  if (getsockopt(fd, SOL_SOCKET, opt, &current, &len) == 0 && current >= target) {
-    return Status::Ok();
-  }
-  if (setsockopt(fd, SOL_SOCKET, force_opt, &target, sizeof(target)) == 0) return Status::Ok();
-  std::optional<long> max = ReadSysctl(sysctl_max);
-  if (!max || *max < target) return Status::Ok();  // keep autotuning (see header)
-  if (setsockopt(fd, SOL_SOCKET, opt, &target, sizeof(target)) != 0) {
-    return Error(Errc::kIo, std::string("setsockopt(") + name + ") on " + PeerAddress(fd) + ": " +
-                                ErrnoText(errno));
-  }
-  return Status::Ok();
 }
 
 }  // namespace
@@ -325,11 +298,6 @@ Status TuneForBulk(int fd) {
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
     return Error(Errc::kIo, "TCP_NODELAY on " + PeerAddress(fd) + ": " + ErrnoText(errno));
   }
-  constexpr int kBulkBuffer = 4 << 20;
-  SOD_RETURN_IF_ERROR(RaiseBuffer(fd, SO_SNDBUF, SO_SNDBUFFORCE, "/proc/sys/net/core/wmem_max",
-                                  kBulkBuffer, "SO_SNDBUF"));
-  SOD_RETURN_IF_ERROR(RaiseBuffer(fd, SO_RCVBUF, SO_RCVBUFFORCE, "/proc/sys/net/core/rmem_max",
-                                  kBulkBuffer, "SO_RCVBUF"));
   return Status::Ok();
 }
 

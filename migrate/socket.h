@@ -75,9 +75,9 @@ std::string PeerAddress(int fd);
 // io_uring transports read them once when they are created (see uring.h).
 Status SetIoTimeouts(int fd, std::chrono::milliseconds timeout);
 
-// Tunes a TCP socket for bulk transfer: TCP_NODELAY, and send/receive buffers of 4 MiB where that
-// is allowed (SO_*BUFFORCE with CAP_NET_ADMIN, else only when net.core.{w,r}mem_max permit it;
-// otherwise the kernel's autotuning is left alone, since a capped explicit size would disable it).
+// Tunes a TCP data channel: TCP_NODELAY. Buffer sizes stay with the kernel's autotuning on
+// purpose: fixed 4 MiB buffers let the destination fall far behind the source (PROTOCOL.md,
+// "Stream") and bought no throughput (transport_bench: zero-copy sends ~5.5 GB/s either way).
 Status TuneForBulk(int fd);
 
 // Maps the errno `err` of a socket operation to a Status whose message is "<what> <peer>: <errno

@@ -51,6 +51,11 @@ void StreamPump::Fail(const Status& s) {
   stop_.store(true);
 }
 
+void StreamPump::MarkEof() {
+  eof_ = true;
+  eof_time_ = std::chrono::steady_clock::now();
+}
+
 Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset) {
   std::lock_guard<std::mutex> lock(read_mu_);
   if (eof_) return size_t{0};
@@ -66,8 +71,7 @@ Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset
     }
     ssize_t n = ::recv(fd_, buf.data(), buf.size(), MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno == EAGAIN && completed)) {
-      eof_ = true;
-      eof_time_ = std::chrono::steady_clock::now();
+      MarkEof();
       return size_t{0};
     }
     if (n < 0) {
@@ -80,10 +84,7 @@ Result<size_t> StreamPump::ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset
   while (got < buf.size()) {
     ssize_t n = ::recv(fd_, buf.data() + got, buf.size() - got, MSG_DONTWAIT);
     if (n <= 0) {
-      if (n == 0) {
-        eof_ = true;
-        eof_time_ = std::chrono::steady_clock::now();
-      }
+      if (n == 0) MarkEof();  // the next ReadPiece returns the end
       break;
     }
     got += static_cast<size_t>(n);

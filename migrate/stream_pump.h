@@ -63,6 +63,7 @@ class StreamPump {
   // Reads the next piece into buf (at least 1 byte, as much as is ready). 0 = end of stream.
   Result<size_t> ReadPiece(std::vector<uint8_t>& buf, uint64_t& offset);
   void Fail(const Status& s);
+  void MarkEof();  // with read_mu_ held: QEMU's stream ended here
 
   int fd_;
   std::vector<RecordWriter*> writers_;

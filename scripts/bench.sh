@@ -27,6 +27,8 @@
 #   --downtime-limit MS  QEMU downtime-limit (default 300, QEMU's default)
 #   --pattern-mb MB      also run the guest's sod-pattern checker on MB MiB (default 0 = off)
 #   --accel tcg|kvm      default tcg (-cpu qemu64); kvm only where it is known to work
+#   --perf               profile every migration window system-wide with `perf record -a` (needs
+#                        linux-perf; adds load): runs/*/perf.data, perf-comm.txt, perf-sym.txt
 #   --out DIR            output directory (default out/bench/<UTC timestamp> in the repo)
 #   --report DIR         only regenerate DIR/table.md, DIR/plot.svg, DIR/summary.json from
 #                        DIR/results.json
@@ -35,7 +37,8 @@
 # written after each run), table.md (paste into BENCHMARKS.md), plot.svg, summary.json, runs/*/
 # (each run's consoles and QEMU logs), tls/ (the throwaway certificates).
 # Environment: SOD_GUEST_DIR (guest cache, default /var/cache/sod/guest), SOD_BENCH_SOD_CMD (the sod
-# hook command; its contract is in scripts/bench/driver.py, run_sod()).
+# hook command; its contract is in scripts/bench/driver.py, run_sod()), SOD_BENCH_MIGRATE_ARGS (extra
+# `sodctl migrate` arguments for sod modes, for experiments, e.g. "--channels 1").
 # Needs root only to install missing packages (qemu-system-x86, openssl, python3) and to build the
 # guest the first time. All traffic stays on 127.0.0.1. Both QEMUs of a run are killed and their
 # memory files in /dev/shm deleted after every run, and on errors or Ctrl-C.
@@ -57,7 +60,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --out=*) out=${1#--out=} ;;
     --report) report=$2; shift ;;
-    --quick) pass+=("$1") ;;
+    --quick|--perf) pass+=("$1") ;;
     --reps|--mem|--modes|--workloads|--workload|--limit|--max-limit|--warmup|--poll-ms|\
     --max-bandwidth|--downtime-limit|--pattern-mb|--accel)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }

@@ -348,6 +348,7 @@ class RunContext:
         self.mig_port = free_port()
         self.t0 = None
         self.poller = None
+        self.perf = None
         self.info = {}  # merged into the run's record
 
     def boot(self, src_args=None, dst_args=None):
@@ -366,8 +367,34 @@ class RunContext:
         time.sleep(0.3)  # a few answers before t0 anchor the gap measurement
 
     def mark_start(self):
+        if self.cfg.perf and not self.perf:
+            self.start_perf()
         self.t0 = time.monotonic()
         return self.t0
+
+    def start_perf(self):
+        """--perf: a system-wide CPU profile of the migration window (perf record -a, no call
+        graphs), started just before t0 and stopped when the mode's run returns."""
+        self.perf = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-q",
+                                      "-o", os.path.join(self.run_dir, "perf.data")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf's own start-up is not part of the migration
+
+    def stop_perf(self):
+        if not self.perf:
+            return
+        self.perf.send_signal(signal.SIGINT)
+        try:
+            self.perf.wait(30)
+        except subprocess.TimeoutExpired:
+            self.perf.kill()
+            self.perf.wait()
+        self.perf = None
+        data = os.path.join(self.run_dir, "perf.data")
+        for name, sort in (("perf-comm.txt", "comm,dso"), ("perf-sym.txt", "comm,sym")):
+            with open(os.path.join(self.run_dir, name), "w") as out:
+                subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", sort,
+                                "--percent-limit", "0.3"], stdout=out, stderr=subprocess.DEVNULL)
 
 
 def _migration_stats(info):
@@ -630,6 +657,7 @@ def run_sod(ctx, verify_ram=True):
         cmd += ["--max-bandwidth", str(max(1, cfg.max_bandwidth >> 20))]
     if not verify_ram:
         cmd.append("--no-verify-ram")
+    cmd += shlex.split(os.environ.get("SOD_BENCH_MIGRATE_ARGS", ""))  # experiments, e.g. --channels 1
     out_path = os.path.join(ctx.run_dir, "sod.out")
     with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
         t0 = ctx.mark_start()
@@ -763,6 +791,7 @@ def one_run(cfg, rep, wname, mname, run_index):
         try:
             res = mode.run(ctx)
         finally:
+            ctx.stop_perf()
             rec.update(ctx.info)
             poller = ctx.poller
         t0, t_end = ctx.t0, res.get("t_end") or time.monotonic()
@@ -771,6 +800,7 @@ def one_run(cfg, rep, wname, mname, run_index):
         # QEMU's own view of the guest's dirty rate during the migration (pages/s -> MiB/s)
         rec["qemu_dirty_rate_mib_s"] = round(max(rates) * 4096 / 2**20, 1) if rates else None
         rec["wall_total_s"] = round(t_end - t0, 3) if t0 else None
+        rec["t0_monotonic"] = t0  # CLOCK_MONOTONIC, to line the run up with outside samplers
         # keep polling until the destination answers steadily (or give up after 15 s)
         if poller:
             deadline = time.monotonic() + (15 if res.get("converged") else 1.5)
@@ -899,6 +929,7 @@ def parse_args(argv):
     ap.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--pause", type=float, default=1.0)
+    ap.add_argument("--perf", action="store_true")
     cfg = ap.parse_args(argv)
     cfg.reps = cfg.reps or (1 if cfg.quick else 3)
     cfg.mem = cfg.mem or (512 if cfg.quick else 1024)
