@@ -131,10 +131,10 @@ Status SourceMigration::CheckRam(Receipt& r) {
   const RamPageTable* sent = tracker_->Block(kRamBlockName);
   if (sent == nullptr)
     return Error(Errc::kState, "QEMU's stream has no RAM block " + std::string(kRamBlockName));
-  if (Status same = CompareRamTables(ram, *sent); !same.ok()) {
+  std::vector<size_t> bad;
+  if (Status same = CompareRamTables(ram, *sent, &bad); !same.ok()) {
     // QEMU missed pages (its dirty tracking under TCG does, now and then): the RAM here is the
     // truth, and the destination has not run the VM: send it those pages ourselves.
-    const std::vector<size_t> bad = DifferingPages(ram, *sent);
     if (bad.empty()) return same;  // the block sizes differ: nothing a page could repair
     if (bad.size() > opts_.max_ram_repair_pages)
       return same.WithContext("more than " + std::to_string(opts_.max_ram_repair_pages) +

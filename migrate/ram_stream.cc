@@ -249,20 +249,17 @@ bool SameShape(const RamPageTable& ram, const RamPageTable& stream) {
 }
 }  // namespace
 
-std::vector<size_t> DifferingPages(const RamPageTable& ram, const RamPageTable& stream) {
-  std::vector<size_t> out;
-  if (!SameShape(ram, stream)) return out;
-  for (size_t i = 0; i < ram.hashes.size(); ++i)
-    if (!stream.seen[i] || stream.hashes[i] != ram.hashes[i]) out.push_back(i);
-  return out;
-}
-
-Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream) {
+Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream,
+                        std::vector<size_t>* differing) {
+  std::vector<size_t> local;
+  std::vector<size_t>& bad = differing != nullptr ? *differing : local;
+  bad.clear();
   if (!SameShape(ram, stream))
     return Error(Errc::kIntegrity, "RAM block " + ram.block + " is " + std::to_string(ram.length) +
                                        " bytes, the stream's " + stream.block + " " +
                                        std::to_string(stream.length));
-  const std::vector<size_t> bad = DifferingPages(ram, stream);
+  for (size_t i = 0; i < ram.hashes.size(); ++i)
+    if (!stream.seen[i] || stream.hashes[i] != ram.hashes[i]) bad.push_back(i);
   if (bad.empty()) return Status::Ok();
   uint64_t missing = 0;
   std::string first;

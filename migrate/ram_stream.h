@@ -104,13 +104,12 @@ class RamFileHasher {
   std::atomic<bool> hashing_{false};
 };
 
-// The pages (indexes, ascending) whose last version in `stream` differs from `ram` or that
-// `stream` never carried. Empty when the tables are of different sizes (CompareRamTables says so).
-std::vector<size_t> DifferingPages(const RamPageTable& ram, const RamPageTable& stream);
-
 // OK when `stream` carried every page of `ram` with the same content. Otherwise kIntegrity naming
 // how many pages differ or never came, and the first few by guest-physical offset in the block.
-Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream);
+// `differing`, when given, receives those pages (indexes, ascending); it stays empty when the
+// tables are of different sizes (no page could fix that).
+Status CompareRamTables(const RamPageTable& ram, const RamPageTable& stream,
+                        std::vector<size_t>* differing = nullptr);
 
 class RamStreamTracker {
  public:

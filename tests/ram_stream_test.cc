@@ -137,10 +137,12 @@ TEST_F(RamStreamTest, StaleAndMissingPagesAreNamed) {
   Bytes ram = f.ram;
   ram[9 * kPage + 100] ^= 1;  // changed after QEMU last sent it: a missed dirty page
   RamPageTable table = HashOf(ram);
-  Status s = CompareRamTables(table, *t.Block("mem0"));
+  std::vector<size_t> bad;
+  Status s = CompareRamTables(table, *t.Block("mem0"), &bad);
   EXPECT_EQ(s.code(), Errc::kIntegrity);
   EXPECT_THAT(s.message(), HasSubstr("1 page(s) stale, 0 never sent"));
   EXPECT_THAT(s.message(), HasSubstr("at 0x9000"));
+  EXPECT_EQ(bad, std::vector<size_t>{9});
   EXPECT_NE(RamTableDigest(table), RamTableDigest(*t.Block("mem0")));
 
   // A stream that never carried page 7.
@@ -153,13 +155,15 @@ TEST_F(RamStreamTest, StaleAndMissingPagesAreNamed) {
   FeedAll(gap, b.bytes);
   ASSERT_TRUE(gap.status().ok()) << gap.status().ToString();
   EXPECT_TRUE(gap.ram_complete());
-  s = CompareRamTables(HashOf(Bytes(kRamBytes, 0)), *gap.Block("mem0"));
+  s = CompareRamTables(HashOf(Bytes(kRamBytes, 0)), *gap.Block("mem0"), &bad);
   EXPECT_THAT(s.message(), HasSubstr("0 page(s) stale, 1 never sent"));
   EXPECT_THAT(s.message(), HasSubstr("0x7000 (never sent)"));
-  // Different sizes are refused before any page is compared.
-  s = CompareRamTables(HashOf(Bytes(kRamBytes + kPage, 0)), *gap.Block("mem0"));
+  EXPECT_EQ(bad, std::vector<size_t>{7});
+  // Different sizes are refused before any page is compared, and no page is named to repair.
+  s = CompareRamTables(HashOf(Bytes(kRamBytes + kPage, 0)), *gap.Block("mem0"), &bad);
   EXPECT_EQ(s.code(), Errc::kIntegrity);
   EXPECT_THAT(s.message(), HasSubstr("bytes, the stream's"));
+  EXPECT_TRUE(bad.empty());
 }
 
 TEST_F(RamStreamTest, IncompleteStreamIsNotComplete) {
