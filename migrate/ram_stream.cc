@@ -97,6 +97,19 @@ void RamFileHasher::Prepare(std::string path, std::string block) {
   threads_.emplace_back([this] { Map(); });
 }
 
+namespace {
+// Calls f(begin, end, resident) for each run of pages [begin, end) that mincore reported alike.
+template <class F>
+void ForEachRun(const unsigned char* resident, size_t n, F&& f) {
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j < n && (resident[j] & 1) == (resident[i] & 1)) ++j;
+    f(i, j, (resident[i] & 1) != 0);
+    i = j;
+  }
+}
+}  // namespace
+
 void RamFileHasher::WaitMapped() {
   std::unique_lock<std::mutex> l(mu_);
   mapped_cv_.wait(l, [this] { return mapped_; });
@@ -110,17 +123,14 @@ void RamFileHasher::Prefault() {
     if (base_ == nullptr) return;
     unsigned char resident[kHashChunkPages];
     const size_t pages = table_.hashes.size();
-    for (size_t from = 0; from < pages && !hashing_.load(); from += kHashChunkPages) {
+    for (size_t from = 0; from < pages && !started_.load(); from += kHashChunkPages) {
       const size_t n = std::min(pages - from, kHashChunkPages);
       uint8_t* chunk = const_cast<uint8_t*>(base_) + from * kRamPageSize;
       if (::mincore(chunk, n * kRamPageSize, resident) != 0) continue;
-      for (size_t i = 0; i < n;) {
-        size_t j = i;
-        while (j < n && (resident[j] & 1) == (resident[i] & 1)) ++j;
-        if (resident[i] & 1)
+      ForEachRun(resident, n, [&](size_t i, size_t j, bool mapped) {
+        if (mapped)
           (void)::madvise(chunk + i * kRamPageSize, (j - i) * kRamPageSize, MADV_POPULATE_READ);
-        i = j;
-      }
+      });
     }
   });
 }
@@ -135,9 +145,7 @@ void RamFileHasher::AddWorker() {
 
 void RamFileHasher::Start(std::string path, std::string block, int threads) {
   Prepare(std::move(path), std::move(block));
-  if (started_) return;
-  started_ = true;
-  hashing_.store(true);
+  if (started_.exchange(true)) return;
   for (int k = 0; k < threads; ++k)
     threads_.emplace_back([this] {
       WaitMapped();
@@ -204,27 +212,24 @@ void RamFileHasher::Work() {
     // A page the guest never touched is a hole in the file; touching it through the mapping
     // would allocate it (a 1 GiB idle guest would grow by ~1 GiB). mincore tells without touching.
     if (::mincore(chunk, n * kRamPageSize, resident) != 0) std::memset(resident, 1, n);
-    for (size_t i = 0; i < n;) {
-      size_t j = i;
-      while (j < n && (resident[j] & 1) == (resident[i] & 1)) ++j;
-      if (resident[i] & 1) {
+    ForEachRun(resident, n, [&](size_t i, size_t j, bool mapped) {
+      if (mapped) {
         // Map the run at once: far cheaper than a fault per page (old kernels: per page).
         (void)::madvise(chunk + i * kRamPageSize, (j - i) * kRamPageSize, MADV_POPULATE_READ);
         for (size_t k = i; k < j; ++k)
           table_.hashes[from + k] = XXH3_64bits_dispatch(chunk + k * kRamPageSize, kRamPageSize);
-      } else {
-        for (size_t k = i; k < j; ++k) {
-          uint64_t h = zero_hash;
-          if (swap) {  // maybe swapped out: read it (a hole reads as zeros, unallocated)
-            const off_t at = static_cast<off_t>((from + k) * kRamPageSize);
-            if (::pread(fd_, page, kRamPageSize, at) == static_cast<ssize_t>(kRamPageSize))
-              h = XXH3_64bits_dispatch(page, kRamPageSize);
-          }
-          table_.hashes[from + k] = h;
-        }
+        return;
       }
-      i = j;
-    }
+      for (size_t k = i; k < j; ++k) {
+        uint64_t h = zero_hash;
+        if (swap) {  // maybe swapped out: read it (a hole reads as zeros, unallocated)
+          const off_t at = static_cast<off_t>((from + k) * kRamPageSize);
+          if (::pread(fd_, page, kRamPageSize, at) == static_cast<ssize_t>(kRamPageSize))
+            h = XXH3_64bits_dispatch(page, kRamPageSize);
+        }
+        table_.hashes[from + k] = h;
+      }
+    });
   }
 }
 

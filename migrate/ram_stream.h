@@ -76,7 +76,7 @@ class RamFileHasher {
   void Prefault();
   // Hashes on `threads` background threads (after Prepare, or preparing first).
   void Start(std::string path, std::string block, int threads = 2);
-  bool started() const { return started_; }
+  bool started() const { return started_.load(); }
   // One more hashing thread (after Start), e.g. once other work has left a core free.
   void AddWorker();
   // The table (or why the file could not be read). Call once, after Start.
@@ -99,9 +99,8 @@ class RamFileHasher {
   RamPageTable table_;
   std::atomic<size_t> next_chunk_{0};
   bool prepared_ = false;
-  bool started_ = false;
+  std::atomic<bool> started_{false};  // hashing began (the prefault thread stops then)
   bool prefaulting_ = false;
-  std::atomic<bool> hashing_{false};
 };
 
 // OK when `stream` carried every page of `ram` with the same content. Otherwise kIntegrity naming
