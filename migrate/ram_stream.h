@@ -79,7 +79,8 @@ class RamFileHasher {
   bool started() const { return started_.load(); }
   // One more hashing thread (after Start), e.g. once other work has left a core free.
   void AddWorker();
-  // The table (or why the file could not be read). Call once, after Start.
+  // The table (or why the file could not be read). Call once, after Start. The mapping is
+  // released by the destructor, not here (unmapping 1 GiB is not free; Finish runs in the pause).
   Result<RamPageTable> Finish();
 
  private:
