@@ -7,7 +7,6 @@
 #include <openssl/evp.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,9 +22,7 @@
 #include <utility>
 
 #include "base/child_process.h"
-#include "migrate/spawn_setup.h"
 
-extern char** environ;
 
 namespace sod::attest {
 
@@ -38,8 +35,6 @@ constexpr uint16_t kPortFirst = 20000;  // random server ports: even numbers in 
 constexpr uint16_t kPortLast = 32000;
 constexpr int kStartAttempts = 8;  // swtpm restarts after losing a port race
 constexpr int kPortProbes = 64;    // random pairs probed per attempt
-
-std::string ErrnoText(int err) { return std::strerror(err); }
 
 // A socket closed on scope exit.
 class Fd {
@@ -183,29 +178,10 @@ std::string FileTail(const std::string& path, size_t max = 1500) {
 
 Result<pid_t> SpawnSwtpm(const SimulatedTpmOptions& options, const std::string& state_dir,
                          const std::string& log_path, uint16_t port) {
-  const std::string& bin = options.binary;
-  SpawnSetup setup;
-  if (!setup.ok()) return Error(Errc::kIo, "swtpm: posix_spawn setup failed");
-  // Default signal mask and dispositions in the child, whatever this process blocks or ignores.
-  sigset_t empty, all;
-  sigemptyset(&empty);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(setup.attr(), &empty);
-  posix_spawnattr_setsigdefault(setup.attr(), &all);
-  posix_spawnattr_setflags(setup.attr(), POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (log_fd < 0)
-    return Error(Errc::kIo, "swtpm: cannot open log " + log_path + ": " + ErrnoText(errno));
-  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 1);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 2);
-  posix_spawn_file_actions_addclosefrom_np(setup.actions(), 3);
-
   const std::string p = std::to_string(port);
   const std::string ctrl = std::to_string(port + 1);
   std::vector<std::string> args = {
-      bin,
+      options.binary,
       "socket",
       "--tpm2",
       "--tpmstate",
@@ -217,15 +193,12 @@ Result<pid_t> SpawnSwtpm(const SimulatedTpmOptions& options, const std::string& 
       "--flags",
       "not-need-init,startup-clear",
   };
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, bin.c_str(), setup.actions(), setup.attr(), argv.data(), environ);
-  ::close(log_fd);
-  if (rc == ENOENT) return Error(Errc::kNotFound, "swtpm: " + bin + " not found");
-  if (rc != 0) return Error(Errc::kIo, "swtpm: spawning " + bin + ": " + ErrnoText(rc));
+  ChildSpec c;
+  c.argv = std::move(args);
+  c.log_path = log_path;
+  c.truncate_log = true;
+  Result<pid_t> pid = SpawnChild(c);
+  if (!pid.ok()) return pid.status().WithContext("swtpm");
   return pid;
 }
 

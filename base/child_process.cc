@@ -1,7 +1,9 @@
 #include "base/child_process.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
@@ -16,6 +18,82 @@
 #include <vector>
 
 namespace sod {
+
+namespace {
+
+// posix_spawn's attribute and file-action objects, destroyed on every path.
+class SpawnSetup {
+ public:
+  SpawnSetup() {
+    attr_ok_ = posix_spawnattr_init(&attr_) == 0;
+    actions_ok_ = posix_spawn_file_actions_init(&actions_) == 0;
+  }
+  ~SpawnSetup() {
+    if (attr_ok_) posix_spawnattr_destroy(&attr_);
+    if (actions_ok_) posix_spawn_file_actions_destroy(&actions_);
+  }
+  SpawnSetup(const SpawnSetup&) = delete;
+  SpawnSetup& operator=(const SpawnSetup&) = delete;
+
+  bool ok() const { return attr_ok_ && actions_ok_; }
+  posix_spawnattr_t* attr() { return &attr_; }
+  posix_spawn_file_actions_t* actions() { return &actions_; }
+
+ private:
+  posix_spawnattr_t attr_;
+  posix_spawn_file_actions_t actions_;
+  bool attr_ok_ = false;
+  bool actions_ok_ = false;
+};
+
+}  // namespace
+
+Result<pid_t> SpawnChild(const ChildSpec& spec) {
+  if (spec.argv.empty() || spec.argv[0].empty())
+    return Error(Errc::kInvalidArgument, "spawn: no program");
+  const std::string& program = spec.argv[0];
+  const int last = 2 + static_cast<int>(spec.pass_fds.size());  // the child's last descriptor
+  int next = 3;
+  for (const auto& [ours, theirs] : spec.pass_fds) {
+    if (theirs != next++ || ours <= last)
+      return Error(Errc::kInvalidArgument, "spawn " + program + ": descriptor " +
+                                               std::to_string(ours) + " cannot become " +
+                                               std::to_string(theirs));
+  }
+  SpawnSetup setup;
+  if (!setup.ok()) return Error(Errc::kIo, "spawn " + program + ": posix_spawn setup failed");
+  sigset_t empty, all;
+  sigemptyset(&empty);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(setup.attr(), &empty);
+  posix_spawnattr_setsigdefault(setup.attr(), &all);
+  posix_spawnattr_setflags(setup.attr(), POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                             (spec.new_session ? POSIX_SPAWN_SETSID : 0));
+  // Opened here, so that a bad path is reported as such and not as a failed spawn.
+  const int log_fd = ::open(spec.log_path.c_str(),
+                            O_WRONLY | O_CREAT | O_CLOEXEC | (spec.truncate_log ? O_TRUNC : O_APPEND),
+                            0600);
+  if (log_fd < 0)
+    return Error(Errc::kIo, "cannot open log " + spec.log_path + ": " + std::strerror(errno));
+  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 1);
+  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 2);
+  for (const auto& [ours, theirs] : spec.pass_fds)
+    posix_spawn_file_actions_adddup2(setup.actions(), ours, theirs);
+  posix_spawn_file_actions_addclosefrom_np(setup.actions(), next);
+
+  std::vector<std::string> store = spec.argv;
+  std::vector<char*> argv;
+  for (auto& a : store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawnp(&pid, program.c_str(), setup.actions(), setup.attr(), argv.data(),
+                              environ);
+  ::close(log_fd);
+  if (rc == ENOENT) return Error(Errc::kNotFound, program + " not found");
+  if (rc != 0) return Error(Errc::kIo, "spawning " + program + ": " + std::strerror(rc));
+  return pid;
+}
 
 bool TryReapChild(pid_t pid, bool& reaped) {
   if (reaped) return true;

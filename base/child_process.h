@@ -1,5 +1,5 @@
-// Ending and reaping a child process we spawned (swtpm, QEMU helpers). Not thread-safe per child:
-// one owner calls these for a given pid.
+// Starting, ending and reaping a child process (QEMU, swtpm). Not thread-safe per child: one
+// owner calls these for a given pid.
 #pragma once
 
 #include <sys/types.h>
@@ -7,10 +7,28 @@
 #include <chrono>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "base/status.h"
 
 namespace sod {
+
+// How SpawnChild starts a program.
+struct ChildSpec {
+  std::vector<std::string> argv;  // argv[0]: the program (looked up in PATH when it has no '/')
+  std::string log_path;           // stdout and stderr go here (created 0600); stdin is /dev/null
+  bool truncate_log = false;      // else appended
+  bool new_session = false;       // setsid: signals aimed at our process group (^C) miss it
+  // Descriptors the child gets, {ours, its number}; its numbers are 3, 4, ... in order, and ours
+  // must be above the last of them (dup2 onto itself would keep close-on-exec).
+  std::vector<std::pair<int, int>> pass_fds;
+};
+
+// Starts spec.argv with the default signal mask and dispositions, whatever this process blocks
+// or ignores, and no descriptor of ours beyond 0-2 and pass_fds. Errors: kInvalidArgument (no
+// argv, bad pass_fds), kNotFound (no such program), kIo (the log, the spawn).
+Result<pid_t> SpawnChild(const ChildSpec& spec);
 
 // One waitpid(WNOHANG) unless `reaped` is already set; sets `reaped` when the child was reaped now
 // (or is no child of ours any more). Returns `reaped`.

@@ -1,10 +1,7 @@
-#include "migrate/spawn_setup.h"
 #include "migrate/qemu_process.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,14 +10,13 @@
 #include <thread>
 #include <utility>
 
-extern char** environ;
+#include "base/child_process.h"
 
 namespace sod {
 
 namespace {
 
 std::string ErrnoText(int err) { return std::strerror(err); }
-
 
 }  // namespace
 
@@ -40,41 +36,13 @@ std::vector<std::string> QmpServerArgs(const std::string& socket_path) {
 Result<std::unique_ptr<QemuProcess>> QemuProcess::Spawn(const QemuProcessOptions& options) {
   const std::string& bin = options.binary;
   if (bin.empty()) return Error(Errc::kInvalidArgument, "qemu: empty binary name");
-  SpawnSetup setup;
-  if (!setup.ok()) return Error(Errc::kIo, "qemu " + bin + ": posix_spawn setup failed");
-
-  // Default signal mask and dispositions in the child, whatever this process blocks or ignores.
-  sigset_t empty, all;
-  sigemptyset(&empty);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(setup.attr(), &empty);
-  posix_spawnattr_setsigdefault(setup.attr(), &all);
-  posix_spawnattr_setflags(setup.attr(), POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-  const std::string log = options.log_path.empty() ? "/dev/null" : options.log_path;
-  // Open the log here so a bad path is reported as such, not as a spawn failure.
-  int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (log_fd < 0) {
-    return Error(Errc::kIo, "qemu " + bin + ": cannot open log " + log + ": " + ErrnoText(errno));
-  }
-  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 1);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 2);
-  posix_spawn_file_actions_addclosefrom_np(setup.actions(), 3);
-
-  std::vector<std::string> argv_store;
-  argv_store.reserve(options.args.size() + 1);
-  argv_store.push_back(bin);
-  argv_store.insert(argv_store.end(), options.args.begin(), options.args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_store) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, bin.c_str(), setup.actions(), setup.attr(), argv.data(), environ);
-  ::close(log_fd);
-  if (rc == ENOENT) return Error(Errc::kNotFound, "qemu " + bin + ": not found");
-  if (rc != 0) return Error(Errc::kIo, "qemu " + bin + ": spawn failed: " + ErrnoText(rc));
+  ChildSpec c;
+  c.argv.push_back(bin);
+  c.argv.insert(c.argv.end(), options.args.begin(), options.args.end());
+  c.log_path = options.log_path.empty() ? "/dev/null" : options.log_path;
+  Result<pid_t> spawned = SpawnChild(c);
+  if (!spawned.ok()) return spawned.status().WithContext("qemu");
+  const pid_t pid = *spawned;
   return std::unique_ptr<QemuProcess>(new QemuProcess(pid, bin, options.log_path));
 }
 

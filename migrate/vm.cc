@@ -1,10 +1,8 @@
-#include "migrate/spawn_setup.h"
 #include "migrate/vm.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,10 +17,9 @@
 #include <utility>
 
 #include "base/bytes.h"
+#include "base/child_process.h"
 #include "base/files.h"
 #include "migrate/qemu_process.h"
-
-extern char** environ;
 
 namespace sod {
 
@@ -85,37 +82,17 @@ Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t&
 
 
 // Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
-// `log_path`, default signal mask and dispositions, no descriptors of ours beyond 0-2.
+// `log_path`.
 Result<pid_t> SpawnDetached(const std::string& binary, const std::vector<std::string>& args,
                             const std::string& log_path) {
-  SpawnSetup setup;
-  if (!setup.ok()) return Error(Errc::kIo, "posix_spawn setup failed");
-  sigset_t empty, all;
-  sigemptyset(&empty);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(setup.attr(), &empty);
-  posix_spawnattr_setsigdefault(setup.attr(), &all);
-  posix_spawnattr_setflags(setup.attr(),
-                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (log_fd < 0) return Error(Errc::kIo, "cannot open " + log_path + ": " + ErrnoText(errno));
-  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 1);
-  posix_spawn_file_actions_adddup2(setup.actions(), log_fd, 2);
-  posix_spawn_file_actions_addclosefrom_np(setup.actions(), 3);
-
-  std::vector<std::string> store;
-  store.reserve(args.size() + 1);
-  store.push_back(binary);
-  store.insert(store.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : store) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, binary.c_str(), setup.actions(), setup.attr(), argv.data(), environ);
-  ::close(log_fd);
-  if (rc == ENOENT) return Error(Errc::kNotFound, "QEMU binary " + binary + " not found");
-  if (rc != 0) return Error(Errc::kIo, "spawning " + binary + ": " + ErrnoText(rc));
+  ChildSpec c;
+  c.argv.push_back(binary);
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.log_path = log_path;
+  c.new_session = true;
+  Result<pid_t> pid = SpawnChild(c);
+  if (!pid.ok() && pid.status().code() == Errc::kNotFound)
+    return Error(Errc::kNotFound, "QEMU binary " + binary + " not found");
   return pid;
 }
 

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -24,9 +23,7 @@
 #include "base/child_process.h"
 #include "base/files.h"
 #include "base/random.h"
-#include "migrate/spawn_setup.h"
 
-extern char** environ;
 
 namespace sod::vtpm {
 
@@ -173,27 +170,6 @@ uint32_t Be32(const std::vector<uint8_t>& b, size_t off) {
 Result<pid_t> SpawnSwtpm(const VmTpmOptions& options, const std::string& state_dir,
                          const std::string& ctrl_socket, const std::string& log_path,
                          int state_key_fd, int migration_key_fd) {
-  SpawnSetup setup;
-  if (!setup.ok()) return Error(Errc::kIo, "vtpm: posix_spawn setup failed");
-  sigset_t empty, all;
-  sigemptyset(&empty);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(setup.attr(), &empty);
-  posix_spawnattr_setsigdefault(setup.attr(), &all);
-  // Its own session, like the VM's QEMU: a ^C or kill of sodd's process group spares it.
-  posix_spawnattr_setflags(setup.attr(),
-                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
-  Fd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (log.get() < 0)
-    return Error(Errc::kIo, "vtpm: cannot open log " + log_path + ": " + ErrnoText(errno));
-  posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(setup.actions(), log.get(), 1);
-  posix_spawn_file_actions_adddup2(setup.actions(), log.get(), 2);
-  posix_spawn_file_actions_adddup2(setup.actions(), state_key_fd, kStateKeyFd);
-  if (migration_key_fd >= 0)
-    posix_spawn_file_actions_adddup2(setup.actions(), migration_key_fd, kMigrationKeyFd);
-  posix_spawn_file_actions_addclosefrom_np(setup.actions(), migration_key_fd >= 0 ? 5 : 4);
-
   const std::string key_opts = ",format=binary,mode=aes-256-cbc";
   std::vector<std::string> args = {
       options.binary,
@@ -212,14 +188,15 @@ Result<pid_t> SpawnSwtpm(const VmTpmOptions& options, const std::string& state_d
   if (migration_key_fd >= 0)
     args.insert(args.end(),
                 {"--migration-key", "fd=" + std::to_string(kMigrationKeyFd) + key_opts});
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, options.binary.c_str(), setup.actions(), setup.attr(), argv.data(),
-                        environ);
-  if (rc == ENOENT) return Error(Errc::kNotFound, "vtpm: " + options.binary + " not found");
-  if (rc != 0) return Error(Errc::kIo, "vtpm: spawning " + options.binary + ": " + ErrnoText(rc));
+  ChildSpec c;
+  c.argv = std::move(args);
+  c.log_path = log_path;
+  c.truncate_log = true;
+  c.new_session = true;  // like the VM's QEMU: a ^C or kill of sodd's process group spares it
+  c.pass_fds.push_back({state_key_fd, kStateKeyFd});
+  if (migration_key_fd >= 0) c.pass_fds.push_back({migration_key_fd, kMigrationKeyFd});
+  Result<pid_t> pid = SpawnChild(c);
+  if (!pid.ok()) return pid.status().WithContext("vtpm");
   return pid;
 }
 
