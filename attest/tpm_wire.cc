@@ -18,6 +18,7 @@
 
 #include "base/openssl_errors.h"
 #include "base/openssl_ptr.h"
+#include "base/openssl_sign.h"
 
 namespace sod::attest {
 namespace {
@@ -666,18 +667,7 @@ Result<Bytes> SoftwareTpmSign(evp_pkey_st* key, ByteSpan message) {
   if (!ecc && !IsRsa2048(key))
     return Error(Errc::kInvalidArgument,
                  "SoftwareTpmSign: the key is neither EC P-256 nor RSA-2048");
-  MdCtxPtr ctx(EVP_MD_CTX_new());
-  EVP_PKEY_CTX* pctx = nullptr;
-  if (!ctx || EVP_DigestSignInit(ctx.get(), &pctx, EVP_sha256(), nullptr, key) != 1 ||
-      (!ecc && EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1))
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  size_t len = 0;
-  if (EVP_DigestSign(ctx.get(), nullptr, &len, message.data(), message.size()) != 1)
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  Bytes raw(len);
-  if (EVP_DigestSign(ctx.get(), raw.data(), &len, message.data(), message.size()) != 1)
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  raw.resize(len);
+  SOD_ASSIGN_OR_RETURN(Bytes raw, SignSha256(key, message));
   TpmSignature sig;
   sig.hash_alg = kTpmAlgSha256;
   if (ecc) {

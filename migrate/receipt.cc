@@ -1,5 +1,6 @@
 #include "base/openssl_errors.h"
 #include "base/openssl_ptr.h"
+#include "base/openssl_sign.h"
 #include "migrate/receipt.h"
 
 #include <openssl/bio.h>
@@ -247,20 +248,7 @@ Result<std::unique_ptr<HostSigner>> HostSigner::Load(const std::string& key_file
   return std::unique_ptr<HostSigner>(new HostSigner(key.release(), std::move(public_der)));
 }
 
-Result<Bytes> HostSigner::Sign(ByteSpan message) const {
-  ERR_clear_error();
-  MdCtxPtr ctx(EVP_MD_CTX_new());
-  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key_) != 1)
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  size_t len = 0;
-  if (EVP_DigestSign(ctx.get(), nullptr, &len, message.data(), message.size()) != 1)
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  Bytes sig(len);
-  if (EVP_DigestSign(ctx.get(), sig.data(), &len, message.data(), message.size()) != 1)
-    return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
-  sig.resize(len);
-  return sig;
-}
+Result<Bytes> HostSigner::Sign(ByteSpan message) const { return SignSha256(key_, message); }
 
 Status VerifySignature(ByteSpan public_key_der, ByteSpan message, ByteSpan signature) {
   ERR_clear_error();
