@@ -422,18 +422,10 @@ Status TlsStream::RunHandshake(const Deadline& deadline) {
     bool want_read;
     {
       std::lock_guard lock(mu_);
-      ERR_clear_error();
-      socket_->last_errno = 0;
+      BeginSslCall();
       int rc = SSL_do_handshake(ssl_);
       if (rc == 1) return Status::Ok();
-      int err = SSL_get_error(ssl_, rc);
-      if (err == SSL_ERROR_WANT_READ) {
-        want_read = true;
-      } else if (err == SSL_ERROR_WANT_WRITE) {
-        want_read = false;
-      } else {
-        return SslFailure(err, Phase::kHandshake);
-      }
+      SOD_ASSIGN_OR_RETURN(want_read, WantsRead(rc, Phase::kHandshake));
     }
     SOD_RETURN_IF_ERROR(WaitSocket(want_read, deadline, Phase::kHandshake));
   }
@@ -507,6 +499,18 @@ std::string TlsStream::Describe(Phase phase) const {
       return "TLS stream with " + peer;
   }
   return "TLS with " + peer;
+}
+
+void TlsStream::BeginSslCall() {
+  ERR_clear_error();
+  socket_->last_errno = 0;
+}
+
+Result<bool> TlsStream::WantsRead(int rc, Phase phase) {
+  const int err = SSL_get_error(ssl_, rc);
+  if (err == SSL_ERROR_WANT_READ) return true;
+  if (err == SSL_ERROR_WANT_WRITE) return false;
+  return SslFailure(err, phase);
 }
 
 Status TlsStream::SslFailure(int ssl_error, Phase phase) {
@@ -624,22 +628,14 @@ Status TlsStream::Write(ByteSpan data, const Deadline& deadline, Phase phase) {
       std::lock_guard lock(mu_);
       if (fatal_) return Error(Errc::kState, Describe(phase) + ": unusable after an earlier error");
       if (write_closed_) return Error(Errc::kState, Describe(phase) + ": write after CloseWrite");
-      ERR_clear_error();
-      socket_->last_errno = 0;
+      BeginSslCall();
       size_t n = 0;
       int rc = SSL_write_ex(ssl_, data.data() + done, data.size() - done, &n);
       if (rc == 1) {
         done += n;
         continue;
       }
-      int err = SSL_get_error(ssl_, rc);
-      if (err == SSL_ERROR_WANT_WRITE) {
-        want_read = false;
-      } else if (err == SSL_ERROR_WANT_READ) {
-        want_read = true;
-      } else {
-        return SslFailure(err, phase);
-      }
+      SOD_ASSIGN_OR_RETURN(want_read, WantsRead(rc, phase));
     }
     SOD_RETURN_IF_ERROR(WaitSocket(want_read, deadline, phase));
   }
@@ -653,19 +649,11 @@ Result<size_t> TlsStream::Read(MutableByteSpan buf, const Deadline& deadline, Ph
     {
       std::lock_guard lock(mu_);
       if (fatal_) return Error(Errc::kState, Describe(phase) + ": unusable after an earlier error");
-      ERR_clear_error();
-      socket_->last_errno = 0;
+      BeginSslCall();
       size_t n = 0;
       int rc = SSL_read_ex(ssl_, buf.data(), buf.size(), &n);
       if (rc == 1) return n;
-      int err = SSL_get_error(ssl_, rc);
-      if (err == SSL_ERROR_WANT_READ) {
-        want_read = true;
-      } else if (err == SSL_ERROR_WANT_WRITE) {
-        want_read = false;
-      } else {
-        return SslFailure(err, phase);
-      }
+      SOD_ASSIGN_OR_RETURN(want_read, WantsRead(rc, phase));
     }
     SOD_RETURN_IF_ERROR(WaitSocket(want_read, deadline, phase));
   }
@@ -688,21 +676,13 @@ Status TlsStream::CloseWrite() {
       if (write_closed_) return Status::Ok();
       if (fatal_)
         return Error(Errc::kState, Describe(Phase::kData) + ": unusable after an earlier error");
-      ERR_clear_error();
-      socket_->last_errno = 0;
+      BeginSslCall();
       int rc = SSL_shutdown(ssl_);
       if (rc >= 0) {  // 0: our close_notify is sent, the peer's is still to come
         write_closed_ = true;
         return Status::Ok();
       }
-      int err = SSL_get_error(ssl_, rc);
-      if (err == SSL_ERROR_WANT_WRITE) {
-        want_read = false;
-      } else if (err == SSL_ERROR_WANT_READ) {
-        want_read = true;
-      } else {
-        return SslFailure(err, Phase::kData);
-      }
+      SOD_ASSIGN_OR_RETURN(want_read, WantsRead(rc, Phase::kData));
     }
     SOD_RETURN_IF_ERROR(WaitSocket(want_read, deadline, Phase::kData));
   }

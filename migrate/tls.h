@@ -175,6 +175,12 @@ class TlsStream final : public ByteStream {
   Result<size_t> Read(MutableByteSpan buf, const Deadline& deadline, Phase phase);
   // Waits until the socket is readable (want_read) or writable, or the deadline passes.
   Status WaitSocket(bool want_read, const Deadline& deadline, Phase phase) const;
+  // Before each SSL_* call: an empty error queue and no socket errno, so a failure is its own.
+  // Caller holds mu_.
+  void BeginSslCall();
+  // After an SSL_* call that did not complete (returned `rc`): whether it waits for the socket
+  // to become readable (true) or writable (false), or the failure. Caller holds mu_.
+  Result<bool> WantsRead(int rc, Phase phase);
   // Turns a failed SSL_* call into a Status and drains the OpenSSL error queue. Caller holds mu_.
   Status SslFailure(int ssl_error, Phase phase);
   std::string Describe(Phase phase) const;  // "TLS handshake with hosta at 127.0.0.1:7001"
