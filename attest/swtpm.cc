@@ -22,7 +22,7 @@
 #include <utility>
 
 #include "base/child_process.h"
-
+#include "base/files.h"
 
 namespace sod::attest {
 
@@ -164,18 +164,6 @@ bool ListensOn(pid_t pid, uint16_t port) {
   return false;
 }
 
-// The last `max` bytes of a file, for error messages.
-std::string FileTail(const std::string& path, size_t max = 1500) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  if (s.size() > max) s = "..." + s.substr(s.size() - max);
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
 Result<pid_t> SpawnSwtpm(const SimulatedTpmOptions& options, const std::string& state_dir,
                          const std::string& log_path, uint16_t port) {
   const std::string p = std::to_string(port);
@@ -200,11 +188,6 @@ Result<pid_t> SpawnSwtpm(const SimulatedTpmOptions& options, const std::string& 
   Result<pid_t> pid = SpawnChild(c);
   if (!pid.ok()) return pid.status().WithContext("swtpm");
   return pid;
-}
-
-std::string DescribeExit(int st) {
-  if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
-  return "exited with status " + std::to_string(WEXITSTATUS(st));
 }
 
 PcrDigest Sha256(ByteSpan data) {
@@ -266,7 +249,7 @@ Result<std::unique_ptr<SimulatedTpm>> SimulatedTpm::Start(const std::string& sta
       if (r == pid || r < 0) {
         // It ended before answering: a lost port race, or a real problem (state locked, bad
         // binary) that the log explains.
-        const std::string log = FileTail(log_path);
+        const std::string log = LogTail(log_path);
         last_error = "swtpm on port " + std::to_string(port) + " " +
                      (r == pid ? DescribeExit(st) : "vanished") + " before answering" +
                      (log.empty() ? "" : ": " + log);

@@ -95,6 +95,11 @@ Result<pid_t> SpawnChild(const ChildSpec& spec) {
   return pid;
 }
 
+std::string DescribeExit(int st) {
+  if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
+  return "exited with status " + std::to_string(WEXITSTATUS(st));
+}
+
 bool TryReapChild(pid_t pid, bool& reaped) {
   if (reaped) return true;
   int st = 0;

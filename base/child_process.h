@@ -30,6 +30,9 @@ struct ChildSpec {
 // argv, bad pass_fds), kNotFound (no such program), kIo (the log, the spawn).
 Result<pid_t> SpawnChild(const ChildSpec& spec);
 
+// A waitpid status in words: "exited with status 1", "killed by signal 9".
+std::string DescribeExit(int wait_status);
+
 // One waitpid(WNOHANG) unless `reaped` is already set; sets `reaped` when the child was reaped now
 // (or is no child of ours any more). Returns `reaped`.
 bool TryReapChild(pid_t pid, bool& reaped);

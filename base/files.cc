@@ -5,7 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
 
 namespace sod {
 
@@ -14,6 +18,32 @@ namespace {
 std::string ErrnoText(int err) { return std::strerror(err); }
 
 }  // namespace
+
+off_t FileSize(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_size : 0;
+}
+
+std::string LogTail(const std::string& path, off_t from, size_t max_lines) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  constexpr off_t kMaxBytes = 4096;
+  const off_t size = FileSize(path);
+  off_t start = std::max(from, size - kMaxBytes);
+  if (start < 0 || start > size) start = 0;
+  in.seekg(start);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(ss, line);) {
+    while (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  if (lines.size() > max_lines) lines.erase(lines.begin(), lines.end() - max_lines);
+  std::string out;
+  for (const auto& l : lines) out += (out.empty() ? "" : " | ") + l;
+  return out;
+}
 
 Status MakePrivateDir(const std::string& dir) {
   if (dir.empty()) return Error(Errc::kInvalidArgument, "empty directory name");

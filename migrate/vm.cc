@@ -124,33 +124,6 @@ std::vector<std::string> ProcCmdline(pid_t pid) {
 // ---- files -------------------------------------------------------------------------------------
 
 
-off_t FileSize(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? st.st_size : 0;
-}
-
-// The last `max_lines` lines written to `path` after byte `from`, joined with " | ".
-std::string LogTail(const std::string& path, off_t from, size_t max_lines = 8) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  constexpr off_t kMaxBytes = 4096;
-  off_t size = FileSize(path);
-  off_t start = std::max(from, size - kMaxBytes);
-  if (start < 0 || start > size) start = 0;
-  in.seekg(start);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::vector<std::string> lines;
-  std::string line;
-  while (std::getline(ss, line)) {
-    if (!line.empty()) lines.push_back(line);
-  }
-  if (lines.size() > max_lines) lines.erase(lines.begin(), lines.end() - max_lines);
-  std::string out;
-  for (const auto& l : lines) out += (out.empty() ? "" : " | ") + l;
-  return out;
-}
-
 std::string Hex8Random() {
   std::array<uint8_t, 8> r{};
   size_t got = 0;
@@ -454,9 +427,7 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
     int st = 0;
     pid_t r = ::waitpid(*pid, &st, WNOHANG);
     if (r == *pid) {
-      std::string how = WIFSIGNALED(st) ? "signal " + std::to_string(WTERMSIG(st))
-                                        : "status " + std::to_string(WEXITSTATUS(st));
-      return cleanup_fail(-1, Errc::kIo, "QEMU exited with " + how + " during startup");
+      return cleanup_fail(-1, Errc::kIo, "QEMU " + DescribeExit(st) + " during startup");
     }
     if (Clock::now() >= deadline) {
       return cleanup_fail(*pid, Errc::kTimeout,

@@ -10,6 +10,7 @@
 
 #include "base/bytes.h"
 #include "base/child_process.h"
+#include "base/files.h"
 #include "base/status.h"
 
 namespace sod {
@@ -211,6 +212,34 @@ TEST_F(SpawnChildTest, ErrorsAreNamed) {
   EXPECT_EQ(SpawnChild(c).status().code(), Errc::kInvalidArgument);
   c.pass_fds = {{20, 4}};
   EXPECT_EQ(SpawnChild(c).status().code(), Errc::kInvalidArgument);
+}
+
+TEST_F(SpawnChildTest, LogTailAndDescribeExit) {
+  {
+    std::ofstream out(log_);
+    for (int i = 1; i <= 12; ++i) out << "line " << i << (i == 5 ? "\r\n\n" : "\n");
+  }
+  EXPECT_EQ(LogTail(log_, 0, 3), "line 10 | line 11 | line 12");
+  EXPECT_EQ(LogTail(log_, FileSize(log_)), "");
+  const off_t from = FileSize(log_);
+  std::ofstream(log_, std::ios::app) << "late one\n";
+  EXPECT_EQ(LogTail(log_, from), "late one");
+  EXPECT_EQ(LogTail(dir_ + "/missing"), "");
+  EXPECT_EQ(FileSize(dir_ + "/missing"), 0);
+
+  ChildSpec c;
+  c.argv = {"sh", "-c", "exit 3"};
+  c.log_path = log_;
+  auto pid = SpawnChild(c);
+  ASSERT_TRUE(pid.ok());
+  int st = 0;
+  ASSERT_EQ(::waitpid(*pid, &st, 0), *pid);
+  EXPECT_EQ(DescribeExit(st), "exited with status 3");
+  c.argv = {"sh", "-c", "kill -9 $$"};
+  pid = SpawnChild(c);
+  ASSERT_TRUE(pid.ok());
+  ASSERT_EQ(::waitpid(*pid, &st, 0), *pid);
+  EXPECT_EQ(DescribeExit(st), "killed by signal 9");
 }
 
 }  // namespace

@@ -14,8 +14,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -81,23 +79,6 @@ Result<int> KeyPipe(const SecretBytes& key) {
   int high = ::fcntl(r.get(), F_DUPFD_CLOEXEC, 10);
   if (high < 0) return Error(Errc::kIo, "vtpm: fcntl: " + ErrnoText(errno));
   return high;
-}
-
-std::string FileTail(const std::string& path, size_t max = 1500) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  if (s.size() > max) s = "..." + s.substr(s.size() - max);
-  std::replace(s.begin(), s.end(), '\n', ' ');
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
-}
-
-std::string DescribeExit(int st) {
-  if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
-  return "exited with status " + std::to_string(WEXITSTATUS(st));
 }
 
 bool PollUntil(int fd, short events, Clock::time_point deadline) {
@@ -291,7 +272,7 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
     tpm->reaped_ = true;
     KillAndReapChild(pid);
     ::unlink(ctrl_socket.c_str());
-    const std::string log = FileTail(log_path);
+    const std::string log = LogTail(log_path);
     return Error(code, what + ": " + msg + (log.empty() ? "" : "; swtpm log: " + log));
   };
   const auto deadline = Clock::now() + options.start_timeout;
@@ -304,7 +285,7 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
     } while (r < 0 && errno == EINTR);
     if (r == pid) {
       tpm->reaped_ = true;
-      const std::string log = FileTail(log_path);
+      const std::string log = LogTail(log_path);
       return Error(Errc::kIo, what + ": swtpm " + DescribeExit(st) + " during startup" +
                                   (log.empty() ? "" : ": " + log));
     }
