@@ -187,6 +187,17 @@ Status SetCommonName(X509* cert, std::string_view cn) {
   return Status::Ok();
 }
 
+// A new X.509 v3 certificate with a random serial, the validity window and the subject CN.
+Result<X509Ptr> NewCertificate(time_t not_before, time_t not_after, std::string_view cn) {
+  X509Ptr cert(X509_new());
+  if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1)
+    return CryptoError("allocating a certificate");
+  SOD_RETURN_IF_ERROR(SetRandomSerial(cert.get()));
+  SOD_RETURN_IF_ERROR(SetValidity(cert.get(), not_before, not_after));
+  SOD_RETURN_IF_ERROR(SetCommonName(cert.get(), cn));
+  return cert;
+}
+
 // Adds one extension in OpenSSL's config syntax ("critical,CA:TRUE"). `ctx` names issuer and
 // subject (needed by subjectKeyIdentifier / authorityKeyIdentifier).
 Status AddExtension(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
@@ -335,14 +346,11 @@ Result<IssuedCertificate> CreateCa(const std::string& dir, const CaOptions& opti
   SOD_RETURN_IF_ERROR(EnsureDirectory(dir));
 
   SOD_ASSIGN_OR_RETURN(PkeyPtr key, GenerateKey());
-  X509Ptr cert(X509_new());
-  if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1)
-    return CryptoError("allocating a certificate");
-  SOD_RETURN_IF_ERROR(SetRandomSerial(cert.get()));
-  time_t now = time(nullptr);
-  SOD_RETURN_IF_ERROR(SetValidity(cert.get(), now - kClockSkewSlackSeconds,
-                                  now + static_cast<time_t>(options.days) * 86400));
-  SOD_RETURN_IF_ERROR(SetCommonName(cert.get(), options.common_name));
+  const time_t now = time(nullptr);
+  SOD_ASSIGN_OR_RETURN(X509Ptr cert,
+                       NewCertificate(now - kClockSkewSlackSeconds,
+                                      now + static_cast<time_t>(options.days) * 86400,
+                                      options.common_name));
   if (X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get())) != 1 ||
       X509_set_pubkey(cert.get(), key.get()) != 1)
     return CryptoError("filling the CA certificate");
@@ -408,12 +416,7 @@ Result<IssuedCertificate> IssueHostCert(const std::string& ca_dir, std::string_v
   SOD_RETURN_IF_ERROR(EnsureDirectory(dir));
 
   SOD_ASSIGN_OR_RETURN(PkeyPtr key, GenerateKey());
-  X509Ptr cert(X509_new());
-  if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1)
-    return CryptoError("allocating a certificate");
-  SOD_RETURN_IF_ERROR(SetRandomSerial(cert.get()));
-  SOD_RETURN_IF_ERROR(SetValidity(cert.get(), not_before, not_after));
-  SOD_RETURN_IF_ERROR(SetCommonName(cert.get(), host_id));
+  SOD_ASSIGN_OR_RETURN(X509Ptr cert, NewCertificate(not_before, not_after, host_id));
   if (X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert.get())) != 1 ||
       X509_set_pubkey(cert.get(), key.get()) != 1)
     return CryptoError("filling the host certificate");
