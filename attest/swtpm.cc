@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "base/child_process.h"
+#include "base/fd.h"
 #include "base/files.h"
 
 namespace sod::attest {
@@ -36,21 +37,6 @@ constexpr uint16_t kPortLast = 32000;
 constexpr int kStartAttempts = 8;  // swtpm restarts after losing a port race
 constexpr int kPortProbes = 64;    // random pairs probed per attempt
 
-// A socket closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 sockaddr_in Loopback(uint16_t port) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -61,7 +47,7 @@ sockaddr_in Loopback(uint16_t port) {
 
 // True when 127.0.0.1:port can be bound now.
 bool PortFree(uint16_t port) {
-  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (s.get() < 0) return false;
   sockaddr_in a = Loopback(port);
   return ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
@@ -78,22 +64,10 @@ uint16_t PickPortPair() {
   return 0;
 }
 
-// Waits for `events` on fd until `deadline`; false on timeout or error.
-bool PollUntil(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
-    if (r > 0) return (p.revents & events) != 0;
-    if (r < 0 && errno != EINTR) return false;
-  }
-}
-
 // True when a TPM on 127.0.0.1:port answers TPM2_GetRandom(8) with TPM_RC_SUCCESS before
 // `deadline` (it is up and past TPM2_Startup).
 bool TpmAnswers(uint16_t port, Clock::time_point deadline) {
-  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (s.get() < 0) return false;
   sockaddr_in a = Loopback(port);
   if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {

@@ -15,6 +15,7 @@
 #include <system_error>
 #include <utility>
 
+#include "base/fd.h"
 #include "base/bytes.h"
 #include "migrate/pki.h"
 #include "migrate/receipt.h"
@@ -73,21 +74,6 @@ std::string NowRfc3339() {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
   return FormatUnixMillis(ms > 0 ? static_cast<uint64_t>(ms) : 0);
 }
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 // What a scan of a whole log found.
 struct ScanResult {
@@ -216,7 +202,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path,
     return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo,
                  "audit log " + path + ": opening: " + Errno(err));
   }
-  Fd fd(raw);
+  UniqueFd fd(raw);
   if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
     if (err == EWOULDBLOCK)
@@ -242,7 +228,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path,
       return Error(Errc::kIo, "audit log " + path + ": cutting off the torn line " +
                                   std::to_string(scan.entries + 1) + ": " + Errno(errno));
   }
-  std::unique_ptr<AuditLog> log(new AuditLog(fd.release(), path, std::string(host_id), scan.entries,
+  std::unique_ptr<AuditLog> log(new AuditLog(fd.Release(), path, std::string(host_id), scan.entries,
                                              scan.last_hash, scan.good_size));
   if (scan.torn_bytes > 0) {
     json data = {{"line", scan.entries + 1},
@@ -260,7 +246,7 @@ Status AuditLog::Verify(const std::string& path) {
     return Error(err == ENOENT ? Errc::kNotFound : Errc::kIo,
                  "audit log " + path + ": opening: " + Errno(err));
   }
-  Fd fd(raw);
+  UniqueFd fd(raw);
   SOD_ASSIGN_OR_RETURN(ScanResult scan, Scan(fd.get(), path, ""));
   if (scan.torn_bytes > 0)
     return Error(Errc::kIntegrity, "audit log " + path + " line " +

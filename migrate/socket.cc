@@ -115,22 +115,6 @@ Clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) {
 
 }  // namespace
 
-UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
-  if (this != &other) Reset(other.Release());
-  return *this;
-}
-
-int UniqueFd::Release() {
-  int fd = fd_;
-  fd_ = -1;
-  return fd;
-}
-
-void UniqueFd::Reset(int fd) {
-  if (fd_ >= 0) ::close(fd_);  // Linux closes the fd even when close() reports EINTR
-  fd_ = fd;
-}
-
 Status SocketError(std::string_view what, std::string_view peer, int err) {
   std::string prefix = std::string(what) + " " + std::string(peer) + ": ";
   switch (err) {

@@ -21,32 +21,11 @@
 #include <string_view>
 
 #include "base/bytes.h"
+#include "base/fd.h"
 #include "base/status.h"
 #include "migrate/transport.h"
 
 namespace sod {
-
-// Owns one file descriptor and closes it on destruction. Movable, not copyable. Not thread-safe.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { Reset(); }
-  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  // Gives up ownership without closing; returns the fd (-1 when empty).
-  int Release();
-  // Closes the owned fd (if any) and takes `fd` instead.
-  void Reset(int fd = -1);
-
- private:
-  int fd_ = -1;
-};
 
 // Creates a listening TCP socket bound to `host`:`port`. `host` is an IPv4 or IPv6 literal (the
 // IPv6 one with or without brackets), "localhost", another resolvable name, or "" for every local

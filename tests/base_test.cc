@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <poll.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -10,6 +11,7 @@
 
 #include "base/bytes.h"
 #include "base/child_process.h"
+#include "base/fd.h"
 #include "base/files.h"
 #include "base/status.h"
 
@@ -240,6 +242,34 @@ TEST_F(SpawnChildTest, LogTailAndDescribeExit) {
   ASSERT_TRUE(pid.ok());
   ASSERT_EQ(::waitpid(*pid, &st, 0), *pid);
   EXPECT_EQ(DescribeExit(st), "killed by signal 9");
+}
+
+TEST(FdTest, UniqueFdClosesAndPollUntilWaitsForEventsOrDeadline) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd r(p[0]);
+  UniqueFd w(p[1]);
+  const auto soon = [](int ms) {
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(PollUntil(r.get(), POLLIN, soon(30)));  // nothing written: the deadline passes
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(30));
+  EXPECT_TRUE(PollUntil(w.get(), POLLOUT, soon(1000)));
+  ASSERT_EQ(::write(w.get(), "x", 1), 1);
+  EXPECT_TRUE(PollUntil(r.get(), POLLIN, soon(1000)));
+  EXPECT_FALSE(PollUntil(r.get(), POLLIN, soon(-1)));  // a deadline already past: no wait at all
+
+  UniqueFd moved(std::move(w));
+  EXPECT_FALSE(w.valid());
+  const int raw = moved.Release();
+  EXPECT_FALSE(moved.valid());
+  moved.Reset(raw);
+  moved.Reset();  // closes the write end: the reader sees the byte, then end of file
+  char c = 0;
+  EXPECT_EQ(::read(r.get(), &c, 1), 1);
+  EXPECT_EQ(::read(r.get(), &c, 1), 0);
+  EXPECT_EQ(::fcntl(raw, F_GETFD), -1);  // closed
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/child_process.h"
+#include "base/fd.h"
 #include "base/files.h"
 #include "base/random.h"
 
@@ -44,28 +45,12 @@ constexpr int kMigrationKeyFd = 4;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() { Reset(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  void Reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_;
-};
-
 // A pipe whose read end (returned, close-on-exec, numbered above the descriptors the child
 // gets) holds exactly `key` followed by EOF. The key is only ever in the pipe buffer.
 Result<int> KeyPipe(const SecretBytes& key) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return Error(Errc::kIo, "vtpm: pipe: " + ErrnoText(errno));
-  Fd r(p[0]), w(p[1]);
+  UniqueFd r(p[0]), w(p[1]);
   // Pipe capacity is far above 32 bytes: the write completes without a reader.
   ssize_t n;
   do {
@@ -79,17 +64,6 @@ Result<int> KeyPipe(const SecretBytes& key) {
   int high = ::fcntl(r.get(), F_DUPFD_CLOEXEC, 10);
   if (high < 0) return Error(Errc::kIo, "vtpm: fcntl: " + ErrnoText(errno));
   return high;
-}
-
-bool PollUntil(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
-    if (r > 0) return (p.revents & events) != 0;
-    if (r < 0 && errno != EINTR) return false;
-  }
 }
 
 // One connection to swtpm's control channel.
@@ -256,8 +230,8 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
   ::unlink(ctrl_socket.c_str());
 
   SOD_ASSIGN_OR_RETURN(int state_fd, KeyPipe(state_key));
-  Fd state_pipe(state_fd);
-  Fd migration_pipe;
+  UniqueFd state_pipe(state_fd);
+  UniqueFd migration_pipe;
   if (options.migration_key) {
     SOD_ASSIGN_OR_RETURN(int mfd, KeyPipe(*options.migration_key));
     migration_pipe.Reset(mfd);
@@ -369,7 +343,7 @@ Status EraseVmTpmState(const std::string& state_dir) {
   if (ec) return Error(Errc::kIo, "vtpm: listing " + state_dir + ": " + ec.message());
   const std::vector<uint8_t> zeros(64 * 1024, 0);
   for (const fs::path& f : files) {
-    Fd fd(::open(f.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+    UniqueFd fd(::open(f.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
     if (fd.get() < 0) return Error(Errc::kIo, "vtpm: open " + f.string() + ": " + ErrnoText(errno));
     struct stat st;
     if (::fstat(fd.get(), &st) != 0)
