@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -152,6 +153,19 @@ TEST_F(VmLaunchTest, RamDigestIsStableWhilePausedAndChangesAfterRunning) {
 // The RAM stream tracker on QEMU's own stream: a live migration of the running guest (several
 // rounds) into a file; the tracker's table of the last page versions equals the paused guest's
 // RAM, and a byte changed behind QEMU's back afterwards is found, by page.
+// Waits for QEMU's migration (either side) to end; its final status.
+std::string WaitMigrationEnd(Vm* vm, uint64_t* passes = nullptr) {
+  std::string status;
+  for (int i = 0; i < 600 && status != "completed" && status != "failed"; ++i) {
+    std::this_thread::sleep_for(100ms);
+    auto q = vm->qmp().Execute("query-migrate");
+    if (!q.ok()) return "query-migrate: " + q.status().ToString();
+    status = q->value("status", "");
+    if (passes) *passes = q->value("ram", nlohmann::json::object()).value("dirty-sync-count", 0ull);
+  }
+  return status;
+}
+
 TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   REQUIRE_GUEST();
   VmSpec spec = TestGuestSpec(*guest_, "stream");
@@ -162,16 +176,8 @@ TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   const std::string out = (dir_ / "stream.bin").string();
   ASSERT_TRUE(vm->qmp().Execute("migrate-set-parameters", {{"max-bandwidth", 64 << 20}}).ok());
   ASSERT_TRUE(vm->qmp().Execute("migrate", {{"uri", "exec:cat > " + out}}).ok());
-  std::string status;
   uint64_t passes = 0;
-  for (int i = 0; i < 600 && status != "completed" && status != "failed"; ++i) {
-    std::this_thread::sleep_for(100ms);
-    auto q = vm->qmp().Execute("query-migrate");
-    ASSERT_TRUE(q.ok());
-    status = q->value("status", "");
-    passes = q->value("ram", nlohmann::json::object()).value("dirty-sync-count", 0ull);
-  }
-  ASSERT_EQ(status, "completed");
+  ASSERT_EQ(WaitMigrationEnd(vm, &passes), "completed");
   EXPECT_GE(passes, 2u) << "the guest should have dirtied memory during the first pass";
 
   std::ifstream in(out, std::ios::binary);
@@ -187,16 +193,36 @@ TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   EXPECT_EQ(sent->length, uint64_t{spec.memory_mb} << 20);
   EXPECT_GT(tracker.pages_received(), sent->hashes.size()) << "later rounds re-sent pages";
 
+  // The exact check: a second QEMU loads the same stream; its RAM is, page for page, what the
+  // stream carried, and so must be the tracker's table.
+  VmSpec dest_spec = spec;
+  dest_spec.name = "stream-dest";
+  Vm* dest = Launch(dest_spec, VmLaunchMode::kIncoming);
+  ASSERT_NE(dest, nullptr);
+  ASSERT_TRUE(dest->qmp().Execute("migrate-incoming", {{"uri", "exec:cat " + out}}).ok());
+  ASSERT_EQ(WaitMigrationEnd(dest), "completed");
+  Result<RamPageTable> loaded = dest->RamPages();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  Status same = CompareRamTables(*loaded, *sent);
+  EXPECT_TRUE(same.ok()) << same.ToString();
+  EXPECT_EQ(RamTableDigest(*loaded), RamTableDigest(*sent));
+  EXPECT_EQ(*dest->RamDigest(), RamTableDigest(*sent));
+
+  // The source's paused RAM against its own stream: equal unless QEMU missed a dirty page, which
+  // QEMU 7.2 under TCG now and then does (PROTOCOL.md, "RAM check") -- the case the RAM check
+  // exists for, so it is reported here, not failed on. A tracker that lost its way would differ
+  // in far more pages (and fail the exact check above).
   Result<RamPageTable> ram = vm->RamPages();  // QEMU is in postmigrate: paused
   ASSERT_TRUE(ram.ok()) << ram.status().ToString();
-  Status same = CompareRamTables(*ram, *sent);
-  EXPECT_TRUE(same.ok()) << same.ToString();
-  EXPECT_EQ(RamTableDigest(*ram), RamTableDigest(*sent));
-  EXPECT_EQ(*vm->RamDigest(), RamTableDigest(*sent));
+  std::vector<size_t> missed;
+  Status source = CompareRamTables(*ram, *sent, &missed);
+  if (!source.ok()) std::printf("QEMU missed pages at the source: %s\n", source.ToString().c_str());
+  EXPECT_LE(missed.size(), kMaxRamRepairPages) << source.ToString();
 
-  // A write QEMU's dirty tracking never sees (the missed-dirty-page case).
+  // A write QEMU's dirty tracking never sees (the missed-dirty-page case), at the destination
+  // copy, whose RAM equals the stream exactly: exactly that page is reported.
   {
-    std::fstream f(vm->paths().memory_file, std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(dest->paths().memory_file, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(0x123456);
     char c = 0;
     f.read(&c, 1);
@@ -204,7 +230,7 @@ TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
     c = static_cast<char>(c ^ 0x5a);
     f.write(&c, 1);
   }
-  Status differs = CompareRamTables(*vm->RamPages(), *sent);
+  Status differs = CompareRamTables(*dest->RamPages(), *sent);
   EXPECT_EQ(differs.code(), Errc::kIntegrity);
   EXPECT_NE(differs.message().find("1 page(s) stale, 0 never sent"), std::string::npos)
       << differs.ToString();
