@@ -35,7 +35,6 @@ std::vector<std::string> QmpServerArgs(const std::string& socket_path) {
 
 Result<std::unique_ptr<QemuProcess>> QemuProcess::Spawn(const QemuProcessOptions& options) {
   const std::string& bin = options.binary;
-  if (bin.empty()) return Error(Errc::kInvalidArgument, "qemu: empty binary name");
   ChildSpec c;
   c.argv.push_back(bin);
   c.argv.insert(c.argv.end(), options.args.begin(), options.args.end());

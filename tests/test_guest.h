@@ -73,6 +73,24 @@ inline std::optional<std::string> WaitForLine(const std::string& path, const std
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
+// Polls QEMU's query-migrate (either side of a migration) every 100 ms until the migration
+// completed or failed, or `timeout` passed: its last status ("" when it never reported one).
+// `passes`, when given, receives ram.dirty-sync-count. kIo etc. when QMP fails.
+inline Result<std::string> WaitMigrationEnd(Vm& vm, std::chrono::milliseconds timeout,
+                                            uint64_t* passes = nullptr) {
+  std::string status;
+  for (auto deadline = std::chrono::steady_clock::now() + timeout;
+       std::chrono::steady_clock::now() < deadline;) {
+    auto q = vm.qmp().Execute("query-migrate");
+    if (!q.ok()) return q.status();
+    status = q->value("status", "");
+    if (passes) *passes = q->value("ram", nlohmann::json::object()).value("dirty-sync-count", 0ull);
+    if (status == "completed" || status == "failed") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return status;
+}
+
 
 // The number n of the last "SOD-HB <n> ..." line, or -1.
 inline long LastHeartbeat(const std::string& serial_log) {

@@ -24,6 +24,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using sod::testing::FindTestGuest;
 using sod::testing::TestGuestSpec;
+using sod::testing::WaitMigrationEnd;
 using sod::testing::WaitForLine;
 
 class TempDirTest : public ::testing::Test {
@@ -153,19 +154,6 @@ TEST_F(VmLaunchTest, RamDigestIsStableWhilePausedAndChangesAfterRunning) {
 // The RAM stream tracker on QEMU's own stream: a live migration of the running guest (several
 // rounds) into a file; the tracker's table of the last page versions equals the paused guest's
 // RAM, and a byte changed behind QEMU's back afterwards is found, by page.
-// Waits for QEMU's migration (either side) to end; its final status.
-std::string WaitMigrationEnd(Vm* vm, uint64_t* passes = nullptr) {
-  std::string status;
-  for (int i = 0; i < 600 && status != "completed" && status != "failed"; ++i) {
-    std::this_thread::sleep_for(100ms);
-    auto q = vm->qmp().Execute("query-migrate");
-    if (!q.ok()) return "query-migrate: " + q.status().ToString();
-    status = q->value("status", "");
-    if (passes) *passes = q->value("ram", nlohmann::json::object()).value("dirty-sync-count", 0ull);
-  }
-  return status;
-}
-
 TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   REQUIRE_GUEST();
   VmSpec spec = TestGuestSpec(*guest_, "stream");
@@ -177,7 +165,9 @@ TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   ASSERT_TRUE(vm->qmp().Execute("migrate-set-parameters", {{"max-bandwidth", 64 << 20}}).ok());
   ASSERT_TRUE(vm->qmp().Execute("migrate", {{"uri", "exec:cat > " + out}}).ok());
   uint64_t passes = 0;
-  ASSERT_EQ(WaitMigrationEnd(vm, &passes), "completed");
+  Result<std::string> end = WaitMigrationEnd(*vm, 60s, &passes);
+  ASSERT_TRUE(end.ok()) << end.status().ToString();
+  ASSERT_EQ(*end, "completed");
   EXPECT_GE(passes, 2u) << "the guest should have dirtied memory during the first pass";
 
   std::ifstream in(out, std::ios::binary);
@@ -200,7 +190,9 @@ TEST_F(VmLaunchTest, StreamTrackerFollowsQemusOwnMigrationStream) {
   Vm* dest = Launch(dest_spec, VmLaunchMode::kIncoming);
   ASSERT_NE(dest, nullptr);
   ASSERT_TRUE(dest->qmp().Execute("migrate-incoming", {{"uri", "exec:cat " + out}}).ok());
-  ASSERT_EQ(WaitMigrationEnd(dest), "completed");
+  end = WaitMigrationEnd(*dest, 60s);
+  ASSERT_TRUE(end.ok()) << end.status().ToString();
+  ASSERT_EQ(*end, "completed");
   Result<RamPageTable> loaded = dest->RamPages();
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   Status same = CompareRamTables(*loaded, *sent);

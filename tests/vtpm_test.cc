@@ -31,6 +31,7 @@ using nlohmann::json;
 using sod::testing::FindTestGuest;
 using sod::testing::ReadWholeFile;
 using sod::testing::WaitForLine;
+using sod::testing::WaitMigrationEnd;
 using namespace sod::testing::vtpm_guest;
 
 bool HaveSwtpm() { return std::system("command -v swtpm >/dev/null 2>&1") == 0; }
@@ -301,16 +302,9 @@ TEST_P(VtpmMigrationTest, GuestSeesTheSameTpmAfterMigration) {
   const std::string uri = "unix:" + P("mig.sock");
   ASSERT_TRUE(dst->qmp().Execute("migrate-incoming", {{"uri", uri}}).ok());
   ASSERT_TRUE(src->qmp().Execute("migrate", {{"uri", uri}}).ok());
-  std::string status;
-  for (auto deadline = std::chrono::steady_clock::now() + 120s;
-       std::chrono::steady_clock::now() < deadline;) {
-    auto q = src->qmp().Execute("query-migrate");
-    ASSERT_TRUE(q.ok()) << q.status().ToString();
-    status = q->value("status", "");
-    if (status == "completed" || status == "failed") break;
-    std::this_thread::sleep_for(100ms);
-  }
-  ASSERT_EQ(status, "completed");
+  Result<std::string> status = WaitMigrationEnd(*src, 120s);
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  ASSERT_EQ(*status, "completed");
   for (int i = 0; i < 100 && *dst->RunState() != "paused"; ++i) std::this_thread::sleep_for(50ms);
   ASSERT_EQ(*dst->RunState(), "paused") << ReadWholeFile(dst->paths().qemu_log);
   ASSERT_TRUE(dst->Resume().ok());
@@ -381,15 +375,9 @@ TEST_F(VtpmMigrationTest, DestinationWithAnotherMigrationKeyCannotLoadAndSourceR
   bool dst_gone = false;
   for (int i = 0; i < 1200 && !(dst_gone = !dst->Alive()); ++i) std::this_thread::sleep_for(100ms);
   EXPECT_TRUE(dst_gone) << "destination QEMU still " << *dst->RunState();
-  std::string status;
-  for (int i = 0; i < 600; ++i) {
-    auto q = src->qmp().Execute("query-migrate");
-    ASSERT_TRUE(q.ok());
-    status = q->value("status", "");
-    if (status == "completed" || status == "failed") break;
-    std::this_thread::sleep_for(100ms);
-  }
-  std::printf("vtpm: source migration status %s; destination qemu.log: %s\n", status.c_str(),
+  Result<std::string> status = WaitMigrationEnd(*src, 60s);
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  std::printf("vtpm: source migration status %s; destination qemu.log: %s\n", status->c_str(),
               ReadWholeFile(dst->paths().qemu_log).c_str());
   // Abort: the source resumes with its TPM intact.
   const std::string state = *src->RunState();
