@@ -99,11 +99,8 @@ Status Get(ByteReader& r, OfferMsg& m) {
   return Status::Ok();
 }
 
-void Put(ByteWriter& w, const PreparedMsg& v) { w.Str16(v.qemu_version); }
-Status Get(ByteReader& r, PreparedMsg& m) {
-  if (!r.Str16(m.qemu_version, kMaxVersionString)) return Bad("prepared", "truncated");
-  return Status::Ok();
-}
+void Put(ByteWriter&, const PreparedMsg&) {}
+Status Get(ByteReader&, PreparedMsg&) { return Status::Ok(); }
 
 // u32 length then bytes, refusing lengths above max before copying.
 bool ReadBytes32(ByteReader& r, Bytes& out, size_t max) {

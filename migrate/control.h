@@ -25,7 +25,6 @@ inline constexpr size_t kMaxHostId = 64;
 inline constexpr uint16_t kMaxDataChannels = 16;
 inline constexpr size_t kMaxVmName = 64;
 inline constexpr size_t kMaxVmSpecJson = 32 * 1024;
-inline constexpr size_t kMaxVersionString = 128;
 inline constexpr size_t kAttestNonceSize = 32;
 inline constexpr size_t kMaxEvidence = 16 * 1024;  // an opaque attestation evidence blob
 
@@ -36,7 +35,7 @@ enum class ControlType : uint16_t {
   kHello = 1,            // initiator -> responder, first record of a session
   kHelloAck = 2,         // responder -> initiator
   kOffer = 3,            // source -> destination: the VM to receive
-  kPrepared = 4,         // destination -> source: incoming QEMU waits for the stream
+  kPrepared = 4,         // destination -> source: offer admitted, stream may start
   kSwitchoverCheck = 5,  // source -> destination: source VM paused, may we switch over?
   kSwitchoverOk = 6,     // destination -> source
   kCommitAck = 7,        // destination -> source: resumed; destination's receipt signature
@@ -84,9 +83,10 @@ struct OfferMsg {
   bool operator==(const OfferMsg&) const = default;
 };
 
+// The offer is admitted: the source may start the stream (the destination starts its QEMU
+// meanwhile and fails the session if it cannot).
 struct PreparedMsg {
   static constexpr ControlType kType = ControlType::kPrepared;
-  std::string qemu_version;  // of the destination QEMU, for the record
   bool operator==(const PreparedMsg&) const = default;
 };
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -57,6 +58,7 @@ class DestinationMigration {
   DestinationReport report_;
   std::unique_ptr<Vm> vm_;
   UniqueFd engine_fd_;
+  UniqueFd qemu_end_;  // the incoming QEMU's end of the stream, until QEMU has it
   std::unique_ptr<StreamSink> sink_;
   std::unique_ptr<RamStreamTracker> tracker_;  // the RAM pages of the stream we load (verify_ram)
   std::vector<std::pair<uint64_t, Bytes>> repairs_;  // RAM pages the source sent itself
@@ -155,29 +157,19 @@ Status DestinationMigration::Prepare() {
     return Error(Errc::kRefused, "offer: migration " + MigrationIdHex(offer_.migration_id) +
                                      " was seen before (replayed offer)");
   if (ctx_.admit) SOD_RETURN_IF_ERROR(ctx_.admit(offer_, spec, session_.peer_host_id()));
-
+  std::optional<IncomingVtpm> vtpm;
   if (spec.tpm || offer_.vtpm_epoch != 0) {
-    SOD_ASSIGN_OR_RETURN(IncomingVtpm vtpm, ReceiveVtpm(spec));
-    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming_vtpm(spec, offer_.migration_id, vtpm));
-  } else {
-    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
+    SOD_ASSIGN_OR_RETURN(vtpm, ReceiveVtpm(spec));
   }
-  Mark("launched");
-  QmpClient& qmp = vm_->qmp();
-  SOD_RETURN_IF_ERROR(
-      qmp.Execute("migrate-set-capabilities",
-                  {{"capabilities", json::array({{{"capability", "events"}, {"state", true}}})}})
-          .status());
+
+  // Admitted: the source may start streaming now, while our QEMU starts (~25-40 ms). Until QEMU
+  // takes its end of the socketpair, verified bytes wait in the socketpair and, behind it, in the
+  // data channels (PROTOCOL.md, "Prepared, then QEMU").
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
     return SocketError("socketpair for", "the incoming stream", errno);
-  UniqueFd qemu_end(fds[0]);
+  qemu_end_.Reset(fds[0]);
   engine_fd_.Reset(fds[1]);  // default buffer size on purpose: PROTOCOL.md, "Stream"
-  SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, qemu_end.get()));
-  qemu_end.Reset();
-  SOD_RETURN_IF_ERROR(
-      qmp.Execute("migrate-incoming", {{"uri", std::string("fd:") + kFdName}}).status());
-
   sink_ = std::make_unique<StreamSink>(engine_fd_.get(), session_.data_readers(),
                                        ctx_.step_timeout);
   if (offer_.verify_ram) {
@@ -187,11 +179,26 @@ Status DestinationMigration::Prepare() {
   // A broken data channel or a dead QEMU: tell the source at once (it is streaming and would
   // otherwise only notice through a stalled channel).
   sink_->Start([this](const Status& s) { session_.SendAbort(s); });
-  const QmpVersion& v = qmp.version();
-  SOD_RETURN_IF_ERROR(session_.SendControl(PreparedMsg{
-      std::to_string(v.major) + "." + std::to_string(v.minor) + "." + std::to_string(v.micro)}));
+  SOD_RETURN_IF_ERROR(session_.SendControl(PreparedMsg{}));
   Event(DestinationEvent::kPrepared);
   Mark("prepared");
+
+  if (vtpm) {
+    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming_vtpm(spec, offer_.migration_id, *vtpm));
+  } else {
+    SOD_ASSIGN_OR_RETURN(vm_, ctx_.launch_incoming(spec, offer_.migration_id));
+  }
+  Mark("launched");
+  QmpClient& qmp = vm_->qmp();
+  SOD_RETURN_IF_ERROR(
+      qmp.Execute("migrate-set-capabilities",
+                  {{"capabilities", json::array({{{"capability", "events"}, {"state", true}}})}})
+          .status());
+  SOD_RETURN_IF_ERROR(qmp.SendFd(kFdName, qemu_end_.get()));
+  qemu_end_.Reset();  // QEMU holds its own copy now
+  SOD_RETURN_IF_ERROR(
+      qmp.Execute("migrate-incoming", {{"uri", std::string("fd:") + kFdName}}).status());
+  Mark("loading");
   return Status::Ok();
 }
 
@@ -338,7 +345,9 @@ void DestinationMigration::Fail(const Status& why, bool tell_peer) {
   Event(DestinationEvent::kFailure);
   if (sink_) sink_->Stop();
   if (tell_peer) session_.SendAbort(why);
-  session_.Shutdown();  // wakes the sink's threads
+  session_.Shutdown();  // wakes the sink's threads reading the data channels
+  // ... and one writing to a QEMU that never started or stopped reading.
+  if (engine_fd_.valid()) ::shutdown(engine_fd_.get(), SHUT_RDWR);
   sink_.reset();
   if (vm_) {
     vm_->Kill();

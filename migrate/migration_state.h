@@ -18,8 +18,8 @@ namespace sod {
 
 enum class SourceState : uint8_t {
   kIdle,         // session open, nothing offered
-  kOffered,      // offer sent, waiting for the destination to prepare
-  kPrepared,     // destination QEMU waits for the stream
+  kOffered,      // offer sent, waiting for the destination to admit it
+  kPrepared,     // destination admitted the offer and takes the stream
   kStreaming,    // pre-copy rounds flowing
   kSwitchover,   // source VM paused before switchover; checking the destination
   kCompleting,   // QEMU finished; draining channels, building the commit
@@ -47,8 +47,8 @@ inline constexpr size_t kSourceEventCount = 11;
 
 enum class DestinationState : uint8_t {
   kAwaitOffer,  // session open
-  kPreparing,   // starting the incoming QEMU
-  kReceiving,   // stream flowing into QEMU
+  kPreparing,   // checking the offer
+  kReceiving,   // stream flowing (into the incoming QEMU once it has started)
   kSwitchover,  // source paused; we approved the switchover
   kVerifying,   // commit received; checking stream, transcript, receipt, signature, RAM
   kCommitted,   // verified, recorded, VM resumed here

@@ -165,7 +165,9 @@ void StreamSink::Fail(const Status& s) {
   bool first = false;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (error_.ok()) {
+    // After Stop() the owner is already failing with its own reason; what its teardown breaks
+    // (channels shut down, QEMU's socket closed) is not news for the peer.
+    if (error_.ok() && !stop_) {
       error_ = s;
       first = true;
     }

@@ -101,6 +101,8 @@ class StreamSink {
   void Start(std::function<void(const Status&)> on_error);
   // Blocks until every channel ended (OK) or the sink failed.
   Status Wait();
+  // The threads end at their next step; what fails after Stop (the owner tearing the channels or
+  // QEMU's socket down) is neither recorded nor reported.
   void Stop();
   uint64_t stream_bytes() const;
   Status error() const;

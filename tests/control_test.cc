@@ -112,7 +112,7 @@ ControlMsg SampleOf(ControlType t) {
     case ControlType::kOffer:
       return OfferMsg{id, "vm1", R"({"name":"vm1"})", 512u << 20, true, 7};
     case ControlType::kPrepared:
-      return PreparedMsg{"7.2.22"};
+      return PreparedMsg{};
     case ControlType::kSwitchoverCheck:
       return SwitchoverCheckMsg{123456, Bytes(kAttestNonceSize, 0x5a)};
     case ControlType::kSwitchoverOk:
@@ -178,6 +178,7 @@ TEST(ControlTest, MigrationMessagesGolden) {
   EXPECT_EQ(ToHex(EncodeControl(SwitchoverCheckMsg{0x10, {}})), "0500" "1000000000000000" "00");
   EXPECT_EQ(ToHex(EncodeControl(EvidenceMsg{{1, 2}})), "0b00" "02000000" "0102");
   EXPECT_EQ(ToHex(EncodeControl(AttestOkMsg{})), "0c00");
+  EXPECT_EQ(ToHex(EncodeControl(PreparedMsg{})), "0400");
   VtpmKeyMsg k;
   k.vtpm_epoch = 0x0102;
   k.migration_key.fill(0xc3);

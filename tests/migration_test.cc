@@ -92,7 +92,7 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   phases.clear();
   for (const auto& [name, ms] : o.dest.phases.marks())
     if (name != "ram-repaired") phases.push_back(name);
-  EXPECT_EQ(phases, (std::vector<std::string>{"launched", "prepared", "switchover-ok",
+  EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "launched", "loading", "switchover-ok",
                                                "commit-received", "stream-loaded", "verified",
                                                "resumed", "acknowledged"}));
   EXPECT_EQ(r.source_host, "hosta");
@@ -172,6 +172,60 @@ TEST_F(MigrationTest, DestinationQemuDyingMidStreamLeavesTheVmAtTheSource) {
   EXPECT_FALSE(o.source.error.ok());
   EXPECT_FALSE(o.dest.error.ok());
   EXPECT_FALSE(progress_.empty()) << "the stream had started";
+  ExpectSourceStillRunsAndNothingAtDestination();
+}
+
+// The destination answers Prepared before its QEMU starts (PROTOCOL.md, "Prepared, then QEMU"):
+// a slow start holds the stream back, nothing is lost, and the RAM arrives whole.
+TEST_F(MigrationTest, SlowDestinationQemuStartHoldsTheStreamBack) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=16");
+  SourceOptions opts;
+  DestinationContext ctx = DestContext();
+  RamDigests ram;
+  WitnessRam(opts, ctx, ram);
+  auto launch = ctx.launch_incoming;
+  ctx.launch_incoming = [&](const VmSpec& spec, const MigrationId& id) {
+    std::this_thread::sleep_for(1500ms);  // the source streams meanwhile
+    return launch(spec, id);
+  };
+  Outcome o = Migrate(ctx, "hostb", opts);
+  ASSERT_EQ(o.source.outcome, SourceOutcome::kCommitted) << o.source.error.ToString();
+  ASSERT_TRUE(o.dest.error.ok()) << o.dest.error.ToString();
+  auto mark = [](const PhaseTimes& p, const std::string& name) {
+    for (const auto& [n, ms] : p.marks())
+      if (n == name) return ms;
+    return -1.0;
+  };
+  EXPECT_GE(mark(o.dest.phases, "launched") - mark(o.dest.phases, "prepared"), 1500.0);
+  // The source counts from its session start, the destination from the offer (later): a source
+  // mark below a destination mark is also earlier in absolute time.
+  EXPECT_LT(mark(o.source.phases, "streaming"), mark(o.dest.phases, "launched"))
+      << "the source's QEMU started streaming before the destination's QEMU existed";
+  ASSERT_TRUE(ram.source && ram.dest);
+  EXPECT_EQ(ToHex(*ram.source), ToHex(*ram.dest));
+  ASSERT_TRUE(dest_vm_);
+  auto state = dest_vm_->RunState();
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(*state, "running");
+}
+
+TEST_F(MigrationTest, DestinationQemuFailingToStartAfterPreparedLeavesTheVmAtTheSource) {
+  BootSource("sod.dirty_mb=32 sod.dirty_rate=16");
+  DestinationContext ctx = DestContext();
+  ctx.launch_incoming = [&](const VmSpec&, const MigrationId&) -> Result<std::unique_ptr<Vm>> {
+    std::this_thread::sleep_for(500ms);  // the source streams meanwhile
+    return Error(Errc::kIo, "test: the incoming QEMU exited during startup");
+  };
+  Outcome o = Migrate(ctx);
+  EXPECT_EQ(o.source.outcome, SourceOutcome::kAborted);
+  EXPECT_EQ(o.source.error.code(), Errc::kAborted) << o.source.error.ToString();
+  EXPECT_NE(o.source.error.message().find("incoming QEMU exited during startup"),
+            std::string::npos)
+      << "the source reports the destination's reason: " << o.source.error.ToString();
+  EXPECT_EQ(o.dest.error.code(), Errc::kIo) << o.dest.error.ToString();
+  bool streamed = false;
+  for (const auto& [n, ms] : o.source.phases.marks()) streamed |= n == "streaming";
+  EXPECT_TRUE(streamed) << "the stream had started before the destination failed";
   ExpectSourceStillRunsAndNothingAtDestination();
 }
 
