@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <poll.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
@@ -16,6 +18,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "base/fd.h"
 
 namespace sod {
 
@@ -111,31 +115,45 @@ bool TryReapChild(pid_t pid, bool& reaped) {
   return reaped;
 }
 
-Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::string_view what) {
+bool WaitUntilEnded(pid_t pid, const std::function<bool()>& ended,
+                    std::chrono::steady_clock::time_point deadline) {
   using Clock = std::chrono::steady_clock;
+  if (ended()) return true;
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  auto nap = std::chrono::milliseconds(1);
+  for (;;) {
+    if (ended()) return true;
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    if (pidfd.valid()) {
+      // Readable once the process has exited. Still not ended() then (a zombie someone else
+      // must reap): nap from now on instead of spinning on a readable pidfd.
+      if (PollUntil(pidfd.get(), POLLIN, deadline)) pidfd.Reset();
+      continue;
+    }
+    std::this_thread::sleep_for(std::min<Clock::duration>(nap, deadline - now));
+    nap = std::min(nap * 2, std::chrono::milliseconds(20));
+  }
+}
+
+Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::string_view what) {
   if (TryReapChild(pid, reaped)) return Status::Ok();
   if (::kill(pid, SIGTERM) != 0 && errno != ESRCH)
     return Error(Errc::kIo, std::string(what) + " pid " + std::to_string(pid) +
                                 ": kill: " + std::strerror(errno));
-  const auto deadline = Clock::now() + grace;
-  auto nap = std::chrono::milliseconds(1);
-  while (!TryReapChild(pid, reaped)) {
-    if (Clock::now() >= deadline) {
-      ::kill(pid, SIGKILL);
-      int st;
-      pid_t r;
-      do {
-        r = ::waitpid(pid, &st, 0);
-      } while (r < 0 && errno == EINTR);
-      if (r < 0 && errno != ECHILD)
-        return Error(Errc::kIo, std::string(what) + " pid " + std::to_string(pid) +
-                                    ": waitpid: " + std::strerror(errno));
-      reaped = true;
-      break;
-    }
-    std::this_thread::sleep_for(nap);
-    nap = std::min(nap * 2, std::chrono::milliseconds(20));
-  }
+  if (WaitUntilEnded(pid, [&] { return TryReapChild(pid, reaped); },
+                     std::chrono::steady_clock::now() + grace))
+    return Status::Ok();
+  ::kill(pid, SIGKILL);
+  int st;
+  pid_t r;
+  do {
+    r = ::waitpid(pid, &st, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0 && errno != ECHILD)
+    return Error(Errc::kIo, std::string(what) + " pid " + std::to_string(pid) +
+                                ": waitpid: " + std::strerror(errno));
+  reaped = true;
   return Status::Ok();
 }
 

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,6 +33,13 @@ Result<pid_t> SpawnChild(const ChildSpec& spec);
 
 // A waitpid status in words: "exited with status 1", "killed by signal 9".
 std::string DescribeExit(int wait_status);
+
+// Waits until `ended()` returns true (checked first, then whenever process `pid` may have
+// ended) or `deadline` passes; returns the last `ended()`. Sleeps on a pidfd, so an exit is seen
+// at once; where pidfds are unavailable (or the process lingers as someone else's zombie) it
+// naps 1 ms, doubling up to 20 ms, between checks. `ended` does the reaping, if any.
+bool WaitUntilEnded(pid_t pid, const std::function<bool()>& ended,
+                    std::chrono::steady_clock::time_point deadline);
 
 // One waitpid(WNOHANG) unless `reaped` is already set; sets `reaped` when the child was reaped now
 // (or is no child of ours any more). Returns `reaped`.

@@ -452,6 +452,9 @@ SourceReport SourceMigration::Run() {
     const auto& ack = std::get<CommitAckMsg>(*reply);
     Event(SourceEvent::kCommitAcknowledged);
     Mark("acknowledged");
+    // The migration is done: the VM runs at the destination. Stopping our copy is cleanup, timed
+    // as its own phase ("source-stopped").
+    report_.total_s = Seconds(Clock::now() - t0_);
     Status sig = VerifyReceiptSignature(session_.peer_public_key_der(), receipt_,
                                         ReceiptRole::kDestination, ack.signature);
     // The destination runs the VM either way; a bad signature costs only non-repudiation.
@@ -461,6 +464,7 @@ SourceReport SourceMigration::Run() {
         stop_unix_s_ > 0 ? static_cast<double>(ack.resumed_unix_ms) - stop_unix_s_ * 1000 : 0;
     Status q = vm_.Quit(std::chrono::seconds(5));
     if (!q.ok() && report_.error.ok()) report_.error = q.WithContext("quitting the source QEMU");
+    Mark("source-stopped");
     report_.outcome = SourceOutcome::kCommitted;
   } else if (!reply.ok() && reply.status().code() == Errc::kAborted) {
     // The destination refused the commit: it did not resume and never will.
@@ -478,7 +482,7 @@ SourceReport SourceMigration::Run() {
     session_.Shutdown();
   }
   report_.final_state = sm_.state();
-  report_.total_s = Seconds(Clock::now() - t0_);
+  if (report_.outcome != SourceOutcome::kCommitted) report_.total_s = Seconds(Clock::now() - t0_);
   Report("done");
   session_.Shutdown();
   inbox_.Join();

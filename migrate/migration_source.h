@@ -72,7 +72,7 @@ struct SourceReport {
   MigrationId id{};
   SourceState final_state = SourceState::kIdle;
   std::optional<SignedReceipt> receipt;  // when committed
-  double total_s = 0;            // offer to acknowledged commit
+  double total_s = 0;            // session start to acknowledged commit (or to the end)
   double downtime_ms = 0;        // source VM stopped -> destination VM resumed (host clocks)
   double qemu_downtime_ms = 0;   // QEMU's own figure (stop -> stream complete)
   uint64_t stream_bytes = 0;

@@ -77,20 +77,19 @@ Result<bool> QemuProcess::TryReap() {
 }
 
 Result<QemuExit> QemuProcess::Wait(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto nap = std::chrono::milliseconds(1);
-  for (;;) {
-    SOD_ASSIGN_OR_RETURN(bool done, TryReap());
-    if (done) return *exit_;
-    auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) {
-      return Error(Errc::kTimeout, "qemu " + binary_ + " pid " + std::to_string(pid_) +
-                                       ": still running after " + std::to_string(timeout.count()) +
-                                       " ms");
-    }
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(nap, deadline - now));
-    nap = std::min(nap * 2, std::chrono::milliseconds(20));
+  Status failed;
+  auto done = [&] {
+    Result<bool> r = TryReap();
+    if (!r.ok()) failed = r.status();
+    return !r.ok() || *r;
+  };
+  if (!WaitUntilEnded(pid_, done, std::chrono::steady_clock::now() + timeout)) {
+    return Error(Errc::kTimeout, "qemu " + binary_ + " pid " + std::to_string(pid_) +
+                                     ": still running after " + std::to_string(timeout.count()) +
+                                     " ms");
   }
+  SOD_RETURN_IF_ERROR(failed);
+  return *exit_;
 }
 
 bool QemuProcess::Running() {

@@ -515,14 +515,7 @@ bool Vm::Ended() {
 }
 
 bool Vm::WaitEnded(milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  auto nap = milliseconds(1);
-  while (!Ended()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(nap);
-    nap = std::min(nap * 2, milliseconds(20));
-  }
-  return true;
+  return WaitUntilEnded(pid_, [this] { return Ended(); }, Clock::now() + timeout);
 }
 
 void Vm::RemoveRuntimeFiles() {

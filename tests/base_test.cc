@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -242,6 +243,48 @@ TEST_F(SpawnChildTest, LogTailAndDescribeExit) {
   ASSERT_TRUE(pid.ok());
   ASSERT_EQ(::waitpid(*pid, &st, 0), *pid);
   EXPECT_EQ(DescribeExit(st), "killed by signal 9");
+}
+
+TEST_F(SpawnChildTest, WaitUntilEndedSleepsOnTheProcessNotOnANapLoop) {
+  using Clock = std::chrono::steady_clock;
+  using namespace std::chrono_literals;
+  ChildSpec c;
+  c.log_path = log_;
+  // Ends after 200 ms: seen at once, with the predicate asked only around the exit (a nap loop
+  // of 1, 2, 4 ... 20 ms would ask it ~15 times).
+  c.argv = {"sleep", "0.2"};
+  auto pid = SpawnChild(c);
+  ASSERT_TRUE(pid.ok()) << pid.status().ToString();
+  bool reaped = false;
+  int asked = 0;
+  auto t0 = Clock::now();
+  EXPECT_TRUE(WaitUntilEnded(*pid, [&] { return ++asked, TryReapChild(*pid, reaped); },
+                             t0 + 10s));
+  EXPECT_TRUE(reaped);
+  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_LE(asked, 4);
+
+  // Still running at the deadline: false, not before the deadline.
+  c.argv = {"sleep", "5"};
+  pid = SpawnChild(c);
+  ASSERT_TRUE(pid.ok());
+  reaped = false;
+  t0 = Clock::now();
+  EXPECT_FALSE(WaitUntilEnded(*pid, [&] { return TryReapChild(*pid, reaped); }, t0 + 200ms));
+  EXPECT_GE(Clock::now() - t0, 200ms);
+  EXPECT_FALSE(reaped);
+  ::kill(*pid, SIGKILL);
+  EXPECT_EQ(WaitExit(*pid), 128 + SIGKILL);
+
+  // Exited, but the predicate does not see it (a zombie someone else must reap): the readable
+  // pidfd must not make it spin until the deadline.
+  c.argv = {"true"};
+  pid = SpawnChild(c);
+  ASSERT_TRUE(pid.ok());
+  asked = 0;
+  EXPECT_FALSE(WaitUntilEnded(*pid, [&] { return ++asked, false; }, Clock::now() + 300ms));
+  EXPECT_LT(asked, 40);
+  EXPECT_EQ(WaitExit(*pid), 0);
 }
 
 TEST(FdTest, UniqueFdClosesAndPollUntilWaitsForEventsOrDeadline) {

@@ -88,7 +88,7 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
   EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "streaming", "paused",
                                                "qemu-completed", "stream-eof", "stream-sent",
                                                "switchover-ok", "ram-checked", "commit-sent",
-                                               "acknowledged"}));
+                                               "acknowledged", "source-stopped"}));
   phases.clear();
   for (const auto& [name, ms] : o.dest.phases.marks())
     if (name != "ram-repaired") phases.push_back(name);
