@@ -331,22 +331,23 @@ Status SourceMigration::StreamUntilCompleted() {
       return Error(Errc::kTimeout, "migration did not converge within " +
                                        std::to_string(opts_.converge_timeout.count() / 1000) +
                                        " s");
-    if (Clock::now() >= next_report) {
+    // Progress for the destination, and proof of life on the control channel in both
+    // directions (the destination echoes it). Only before the switchover check: after it, the
+    // control channel must stay quiet until the commit (PROTOCOL.md, "Migration"); and QEMU,
+    // finishing with the VM paused, would answer query-migrate only when it has completed.
+    if (sm_.state() == SourceState::kStreaming && Clock::now() >= next_report) {
       next_report = Clock::now() + std::chrono::milliseconds(500);
       if (auto q = QueryMigrate(); q.ok()) last_query_ = *q;
       const json ram = last_query_.value("ram", json::object());
-      // Progress for the destination, and proof of life on the control channel in both
-      // directions (the destination echoes it). Only before the switchover check: after it, the
-      // control channel must stay quiet until the commit (PROTOCOL.md, "Migration").
-      if (sm_.state() == SourceState::kStreaming) {
-        Bytes body;
-        EncodeRoundBoundary({pump_->stream_bytes(), U64(ram, "dirty-pages-rate"),
-                             U64(ram, "transferred")},
-                            body);
-        SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, body));
-        Report("streaming");
-      }
+      Bytes body;
+      EncodeRoundBoundary({pump_->stream_bytes(), U64(ram, "dirty-pages-rate"),
+                           U64(ram, "transferred")},
+                          body);
+      SOD_RETURN_IF_ERROR(session_.SendControlRecord(RecordType::kRoundBoundary, body));
+      Report("streaming");
     }
+    // Events that arrived with a reply are queued already: the socket would not say so.
+    if (qmp.queued_events() > 0) continue;
     pollfd p{qmp.fd(), POLLIN, 0};
     ::poll(&p, 1, 50);
   }

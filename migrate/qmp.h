@@ -23,7 +23,9 @@
 // every failure on the caller's stack, and lets an engine that pumps migration data in a poll()
 // loop get events promptly without a second thread: add fd() to the poll set (POLLIN) and call
 // PollEvent() when it is readable. PollEvent drains everything the socket has before returning
-// std::nullopt, so "fd() readable" is a complete wake-up condition for new events.
+// std::nullopt, so "fd() readable" is a complete wake-up condition for new bytes; but events
+// that arrived with a reply (during Execute or SendFd) are queued already and fd() does not
+// signal them: check queued_events() before sleeping on fd().
 #pragma once
 
 #include <chrono>
