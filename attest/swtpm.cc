@@ -216,10 +216,7 @@ Result<std::unique_ptr<SimulatedTpm>> SimulatedTpm::Start(const std::string& sta
     auto nap = milliseconds(2);
     for (;;) {
       int st = 0;
-      pid_t r;
-      do {
-        r = ::waitpid(pid, &st, WNOHANG);
-      } while (r < 0 && errno == EINTR);
+      const pid_t r = WaitPidNoHang(pid, st);
       if (r == pid || r < 0) {
         // It ended before answering: a lost port race, or a real problem (state locked, bad
         // binary) that the log explains.

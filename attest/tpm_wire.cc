@@ -240,16 +240,6 @@ Result<Bytes> SpkiDer(const EVP_PKEY* key) {
   return out;
 }
 
-bool IsP256(const EVP_PKEY* key) {
-  if (EVP_PKEY_is_a(key, "EC") != 1) return false;
-  char group[64] = {};
-  size_t len = 0;
-  if (EVP_PKEY_get_group_name(key, group, sizeof(group), &len) != 1) return false;
-  int nid = OBJ_txt2nid(group);
-  if (nid == NID_undef) nid = EC_curve_nist2nid(group);
-  return nid == NID_X9_62_prime256v1;
-}
-
 bool IsRsa2048(const EVP_PKEY* key) {
   return EVP_PKEY_is_a(key, "RSA") == 1 && EVP_PKEY_get_bits(key) == 2048;
 }

@@ -104,13 +104,18 @@ std::string DescribeExit(int st) {
   return "exited with status " + std::to_string(WEXITSTATUS(st));
 }
 
+pid_t WaitPidNoHang(pid_t pid, int& status) {
+  pid_t r;
+  do {
+    r = ::waitpid(pid, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
 bool TryReapChild(pid_t pid, bool& reaped) {
   if (reaped) return true;
   int st = 0;
-  pid_t r;
-  do {
-    r = ::waitpid(pid, &st, WNOHANG);
-  } while (r < 0 && errno == EINTR);
+  const pid_t r = WaitPidNoHang(pid, st);
   if (r == pid || (r < 0 && errno == ECHILD)) reaped = true;
   return reaped;
 }

@@ -41,6 +41,10 @@ std::string DescribeExit(int wait_status);
 bool WaitUntilEnded(pid_t pid, const std::function<bool()>& ended,
                     std::chrono::steady_clock::time_point deadline);
 
+// waitpid(pid, &status, WNOHANG), retried on EINTR: pid when it ended (status set), 0 while it
+// runs, -1 with errno otherwise (ECHILD: not our child, or reaped already).
+pid_t WaitPidNoHang(pid_t pid, int& status);
+
 // One waitpid(WNOHANG) unless `reaped` is already set; sets `reaped` when the child was reaped now
 // (or is no child of ours any more). Returns `reaped`.
 bool TryReapChild(pid_t pid, bool& reaped);

@@ -1,7 +1,9 @@
 #include "base/openssl_sign.h"
 
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/rsa.h>
 
 #include "base/openssl_errors.h"
@@ -26,6 +28,16 @@ Result<Bytes> SignSha256(EVP_PKEY* key, ByteSpan message) {
     return Error(Errc::kCrypto, "signing: " + DrainOpensslErrors());
   sig.resize(len);
   return sig;
+}
+
+bool IsP256(const EVP_PKEY* key) {
+  if (EVP_PKEY_is_a(key, "EC") != 1) return false;
+  char group[64] = {};
+  size_t len = 0;
+  if (EVP_PKEY_get_group_name(key, group, sizeof(group), &len) != 1) return false;
+  int nid = OBJ_txt2nid(group);
+  if (nid == NID_undef) nid = EC_curve_nist2nid(group);
+  return nid == NID_X9_62_prime256v1;
 }
 
 }  // namespace sod

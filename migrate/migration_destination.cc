@@ -321,6 +321,7 @@ Status DestinationMigration::VerifyAndResume() {
   if (decided != MigrationOutcome::kCommitted)
     return Error(Errc::kState, "migration was already decided " +
                                    std::string(MigrationOutcomeName(decided)));
+  Mark("decided");
   Status resumed = vm_->Resume();
   if (!resumed.ok()) {
     // The VM never ran here: the failure path kills it and tells the source, whose paused copy

@@ -56,10 +56,7 @@ QemuProcess::~QemuProcess() {
 Result<bool> QemuProcess::TryReap() {
   if (exit_) return true;
   int st = 0;
-  pid_t r;
-  do {
-    r = ::waitpid(pid_, &st, WNOHANG);
-  } while (r < 0 && errno == EINTR);
+  const pid_t r = WaitPidNoHang(pid_, st);
   if (r < 0) {
     return Error(Errc::kIo, "qemu " + binary_ + " pid " + std::to_string(pid_) +
                                 ": waitpid: " + ErrnoText(errno));

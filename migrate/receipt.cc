@@ -54,16 +54,6 @@ bool KnownSuite(uint8_t s) {
   return s == static_cast<uint8_t>(Suite::kInvalid) || SuiteTagSize(static_cast<Suite>(s)) != 0;
 }
 
-bool IsP256(EVP_PKEY* key) {
-  if (EVP_PKEY_is_a(key, "EC") != 1) return false;
-  char group[64] = {};
-  size_t len = 0;
-  if (EVP_PKEY_get_group_name(key, group, sizeof(group), &len) != 1) return false;
-  int nid = OBJ_txt2nid(group);
-  if (nid == NID_undef) nid = EC_curve_nist2nid(group);
-  return nid == NID_X9_62_prime256v1;
-}
-
 Result<Bytes> PublicKeyDer(EVP_PKEY* key) {
   unsigned char* der = nullptr;
   int len = i2d_PUBKEY(key, &der);

@@ -425,8 +425,7 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
   Status last;
   while (!qmp) {
     int st = 0;
-    pid_t r = ::waitpid(*pid, &st, WNOHANG);
-    if (r == *pid) {
+    if (WaitPidNoHang(*pid, st) == *pid) {
       return cleanup_fail(-1, Errc::kIo, "QEMU " + DescribeExit(st) + " during startup");
     }
     if (Clock::now() >= deadline) {
@@ -502,10 +501,7 @@ bool Vm::Ended() {
   if (ended_) return true;
   if (is_child_) {
     int st = 0;
-    pid_t r;
-    do {
-      r = ::waitpid(pid_, &st, WNOHANG);
-    } while (r < 0 && errno == EINTR);
+    const pid_t r = WaitPidNoHang(pid_, st);
     if (r == pid_) return ended_ = true;
     if (r == 0) return false;
     is_child_ = false;  // ECHILD: someone else reaped it or it is not ours; fall through

@@ -273,8 +273,15 @@ TEST_F(SpawnChildTest, WaitUntilEndedSleepsOnTheProcessNotOnANapLoop) {
   EXPECT_FALSE(WaitUntilEnded(*pid, [&] { return TryReapChild(*pid, reaped); }, t0 + 200ms));
   EXPECT_GE(Clock::now() - t0, 200ms);
   EXPECT_FALSE(reaped);
+  int st = 0;
+  EXPECT_EQ(WaitPidNoHang(*pid, st), 0) << "still running";
   ::kill(*pid, SIGKILL);
-  EXPECT_EQ(WaitExit(*pid), 128 + SIGKILL);
+  EXPECT_TRUE(WaitUntilEnded(*pid, [&] { return WaitPidNoHang(*pid, st) == *pid; },
+                             Clock::now() + 10s));
+  EXPECT_EQ(DescribeExit(st), "killed by signal 9");
+  errno = 0;
+  EXPECT_EQ(WaitPidNoHang(*pid, st), -1) << "reaped already";
+  EXPECT_EQ(errno, ECHILD);
 
   // Exited, but the predicate does not see it (a zombie someone else must reap): the readable
   // pidfd must not make it spin until the deadline.

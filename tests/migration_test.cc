@@ -94,7 +94,7 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
     if (name != "ram-repaired") phases.push_back(name);
   EXPECT_EQ(phases, (std::vector<std::string>{"prepared", "launched", "loading", "switchover-ok",
                                                "commit-received", "stream-loaded", "verified",
-                                               "resumed", "acknowledged"}));
+                                               "decided", "resumed", "acknowledged"}));
   EXPECT_EQ(r.source_host, "hosta");
   EXPECT_EQ(r.destination_host, "hostb");
   EXPECT_GT(r.stream_bytes, 32u << 20);

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "tools/cli_parse.h"
 #include "tools/sodctl_commands.h"
 
 #ifndef SOD_VERSION
@@ -33,18 +34,7 @@ int Run(int argc, char** argv) {
   sod::sodctl::AddHostCommands(app, sodd, action);
   sod::sodctl::AddPolicyCommands(app, sodd, action);
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return kExitUsage;
-  }
+  if (auto code = sod::tools::ParseOrExitCode(app, argc, argv, kExitUsage)) return *code;
   if (!action) {
     std::cerr << "sodctl: no command selected\n" << app.help();
     return kExitUsage;

@@ -31,6 +31,7 @@
 #include "host/policy_agent.h"
 #include "migrate/audit_log.h"
 #include "host/state_dir.h"
+#include "tools/cli_parse.h"
 #include "spdlog/sinks/basic_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -200,16 +201,7 @@ int Run(int argc, char** argv) {
   app.footer(
       "Signals: SIGTERM or SIGINT stop sodd; VMs keep running and the next sodd re-adopts them.\n"
       "Exit status: 0 after a clean stop, 1 when sodd could not start, 2 on a usage error.");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return kExitUsage;
-  }
+  if (auto code = sod::tools::ParseOrExitCode(app, argc, argv, kExitUsage)) return *code;
   if (!ParseListen(listen, config.listen_host, config.listen_port)) {
     std::cerr << "sodd: --listen: expected HOST:PORT, got \"" << listen << "\"\n";
     return kExitUsage;

@@ -253,10 +253,7 @@ Result<std::unique_ptr<VmTpm>> VmTpm::Start(const std::string& state_dir,
   auto nap = milliseconds(2);
   for (;;) {
     int st = 0;
-    pid_t r;
-    do {
-      r = ::waitpid(pid, &st, WNOHANG);
-    } while (r < 0 && errno == EINTR);
+    const pid_t r = WaitPidNoHang(pid, st);
     if (r == pid) {
       tpm->reaped_ = true;
       const std::string log = LogTail(log_path);
