@@ -149,24 +149,22 @@ Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::
   if (WaitUntilEnded(pid, [&] { return TryReapChild(pid, reaped); },
                      std::chrono::steady_clock::now() + grace))
     return Status::Ok();
+  const int err = KillAndReapChild(pid);
+  if (err != 0 && err != ECHILD)
+    return Error(Errc::kIo, std::string(what) + " pid " + std::to_string(pid) +
+                                ": waitpid: " + std::strerror(err));
+  reaped = true;
+  return Status::Ok();
+}
+
+int KillAndReapChild(pid_t pid) {
   ::kill(pid, SIGKILL);
   int st;
   pid_t r;
   do {
     r = ::waitpid(pid, &st, 0);
   } while (r < 0 && errno == EINTR);
-  if (r < 0 && errno != ECHILD)
-    return Error(Errc::kIo, std::string(what) + " pid " + std::to_string(pid) +
-                                ": waitpid: " + std::strerror(errno));
-  reaped = true;
-  return Status::Ok();
-}
-
-void KillAndReapChild(pid_t pid) {
-  ::kill(pid, SIGKILL);
-  int st;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
+  return r < 0 ? errno : 0;
 }
 
 namespace {

@@ -53,8 +53,9 @@ bool TryReapChild(pid_t pid, bool& reaped);
 // already ended. `what` names the child in errors (kIo when a signal or waitpid fails).
 Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::string_view what);
 
-// SIGKILL and reap, for a child that failed to come up.
-void KillAndReapChild(pid_t pid);
+// SIGKILL and reap (blocking), for a child that failed to come up or outstayed its grace.
+// 0, or waitpid's errno (ECHILD: reaped already or not ours).
+int KillAndReapChild(pid_t pid);
 
 // The pid written in `pid_file`, if it is a live (not zombie) process whose argv[0] contains
 // `program` and whose arguments include `required_arg` exactly; 0 otherwise. (A pid file alone
