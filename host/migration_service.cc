@@ -45,6 +45,7 @@ json SummaryJson(const SourceReport& r) {
           {"ram_pages_repaired", r.ram_pages_repaired},
           {"downtime_ms", r.downtime_ms},
           {"qemu_downtime_ms", r.qemu_downtime_ms},
+          {"downtime_target_ms", r.downtime_target_ms},
           {"stream_bytes", r.stream_bytes},
           {"wire_bytes", r.wire_bytes},
           {"rounds", r.rounds}};
@@ -164,7 +165,7 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
   };
   SOD_RETURN_IF_ERROR(CheckRequestKeys(
       req, {"name", "to", "connect", "port", "channels", "suite", "verify_ram", "max_bandwidth",
-            "downtime_limit_ms", "converge_timeout_s"}));
+            "downtime_limit_ms", "downtime_start_ms", "converge_timeout_s"}));
   SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
   SOD_ASSIGN_OR_RETURN(std::string to, RequestString(req, "to"));
   SOD_ASSIGN_OR_RETURN(std::string connect, RequestOptional<std::string>(req, "connect", to));
@@ -178,6 +179,8 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
                        RequestOptional<uint64_t>(req, "max_bandwidth", opts.max_bandwidth));
   SOD_ASSIGN_OR_RETURN(opts.downtime_limit_ms,
                        RequestOptional<uint64_t>(req, "downtime_limit_ms", opts.downtime_limit_ms));
+  SOD_ASSIGN_OR_RETURN(opts.downtime_start_ms,
+                       RequestOptional<uint64_t>(req, "downtime_start_ms", opts.downtime_start_ms));
   SOD_ASSIGN_OR_RETURN(uint64_t converge_s, RequestOptional<uint64_t>(req, "converge_timeout_s", 600));
   if (port == 0 || port > 65535) return Error(Errc::kInvalidArgument, "port: 1..65535");
   if (channels == 0 || channels > kMaxDataChannels)

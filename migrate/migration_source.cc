@@ -67,6 +67,7 @@ class SourceMigration {
   Status AwaitSwitchoverOk();
   Status CheckRam(Receipt& r);
   Status SendRamRepair(const std::vector<size_t>& pages);
+  Status OnQemuPass(uint64_t pass);
   void Mark(const char* phase) { report_.phases.Mark(phase); }
   void Report(const std::string& phase);
   void Event(SourceEvent e);
@@ -88,6 +89,7 @@ class SourceMigration {
   UniqueFd engine_fd_;
   std::unique_ptr<StreamPump> pump_;
   json last_query_ = json::object();  // the last query-migrate answer
+  DowntimeSchedule downtime_{opts_.downtime_start_ms, opts_.downtime_limit_ms};
   Receipt receipt_;
   Bytes source_signature_;
   // RAM check (verify_ram): the stream's pages as they leave, the paused RAM's pages.
@@ -95,6 +97,17 @@ class SourceMigration {
   RamFileHasher ram_hasher_;
   std::optional<SwitchoverCheckMsg> switchover_check_;  // sent, answer not verified yet
 };
+
+Status SourceMigration::OnQemuPass(uint64_t pass) {
+  const uint64_t before = downtime_.target_ms();
+  if (before >= opts_.downtime_limit_ms) return Status::Ok();  // nothing left to raise
+  // What this pass has to send: QEMU's count right after the sync (it has sent a little since).
+  SOD_ASSIGN_OR_RETURN(json q, QueryMigrate());
+  last_query_ = q;
+  const uint64_t target = downtime_.OnPass(pass, U64(q.value("ram", json::object()), "remaining"));
+  if (target == before) return Status::Ok();
+  return vm_.qmp().Execute("migrate-set-parameters", {{"downtime-limit", target}}).status();
+}
 
 void SourceMigration::StartRamHash() {
   if (!tracker_ || ram_hasher_.started()) return;
@@ -233,7 +246,7 @@ Status SourceMigration::StartStream() {
           .status());
   SOD_RETURN_IF_ERROR(qmp.Execute("migrate-set-parameters",
                                   {{"max-bandwidth", opts_.max_bandwidth},
-                                   {"downtime-limit", opts_.downtime_limit_ms}})
+                                   {"downtime-limit", downtime_.target_ms()}})
                           .status());
   SOD_ASSIGN_OR_RETURN(auto fds, StreamSocketPair());
   engine_fd_ = std::move(fds.second);
@@ -296,10 +309,14 @@ Status SourceMigration::StreamUntilCompleted() {
       if (ev->name == "STOP") {
         stop_unix_s_ = ev->timestamp;
       } else if (ev->name == "MIGRATION_PASS") {
-        pump_->set_round(ev->data.value("pass", 0u));
+        const uint64_t pass = ev->data.value("pass", 0u);
+        pump_->set_round(static_cast<uint32_t>(pass));
+        // Another pass: QEMU may plan for more downtime (it reads the limit within 100 ms). Not
+        // once the VM is paused: that pass is the last one.
+        if (sm_.state() == SourceState::kStreaming) SOD_RETURN_IF_ERROR(OnQemuPass(pass));
         // QEMU's first pass has read (and so allocated) every page of the memory file: map them
         // for the RAM check now, while the guest still runs.
-        if (tracker_ && ev->data.value("pass", 0u) >= 2) ram_hasher_.Prefault();
+        if (tracker_ && pass >= 2) ram_hasher_.Prefault();
       } else if (ev->name == "MIGRATION") {
         const std::string status = ev->data.value("status", "");
         if (status == "pre-switchover") {
@@ -363,6 +380,7 @@ Status SourceMigration::Commit() {
   const json ram = last_query_.value("ram", json::object());
   report_.qemu_downtime_ms = static_cast<double>(U64(last_query_, "downtime"));
   report_.rounds = static_cast<uint32_t>(U64(ram, "dirty-sync-count"));
+  report_.downtime_target_ms = downtime_.target_ms();
   report_.stream_bytes = pump_->stream_bytes();
   report_.wire_bytes = session_.data_wire_bytes();
 
@@ -491,6 +509,17 @@ SourceReport SourceMigration::Run() {
 }
 
 }  // namespace
+
+uint64_t DowntimeSchedule::OnPass(uint64_t pass, uint64_t remaining_bytes) {
+  if (pass <= last_pass_) return target_ms_;  // not a new pass
+  const bool first = last_pass_ == 0;
+  const bool shrinking = first || remaining_bytes <= last_remaining_ / 2;
+  last_pass_ = pass;
+  last_remaining_ = remaining_bytes;
+  if (first || pass < 2 || target_ms_ >= limit_ms_) return target_ms_;
+  target_ms_ = !shrinking || target_ms_ > limit_ms_ / 2 ? limit_ms_ : target_ms_ * 2;
+  return target_ms_;
+}
 
 std::string_view SourceOutcomeName(SourceOutcome o) {
   switch (o) {

@@ -44,7 +44,13 @@ struct SourceOptions {
   // many; more abort the migration.
   bool verify_ram = true;
   size_t max_ram_repair_pages = kMaxRamRepairPages;
-  uint64_t downtime_limit_ms = 300;       // QEMU's downtime-limit for switching over
+  // The most downtime QEMU may plan for when it switches over (its downtime-limit). QEMU starts
+  // with a smaller target, `downtime_start_ms`, raised pass by pass up to the limit
+  // (DowntimeSchedule): a guest whose passes shrink switches over with a small last round; one
+  // that keeps up with QEMU gets the whole limit after a pass or two. downtime_start_ms 0 (or
+  // >= the limit): the limit from the start, as QEMU alone would.
+  uint64_t downtime_limit_ms = 300;
+  uint64_t downtime_start_ms = 50;
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
   std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);  // each peer answer
@@ -63,6 +69,28 @@ struct SourceOptions {
   std::function<void(Receipt&)> mutate_receipt_for_testing;
 };
 
+// QEMU's downtime target (its downtime-limit), pass by pass (SourceOptions::downtime_start_ms).
+// It starts at `start_ms`. At each pass after the first (a MIGRATION_PASS event: QEMU synced its
+// dirty log), it doubles while passes still at least halve what is left to send, and goes to
+// `limit_ms` at once when one did not (the guest dirties about as fast as QEMU sends: waiting
+// for a small last round would only add rounds). Never above the limit; start 0 or >= limit:
+// the limit throughout.
+class DowntimeSchedule {
+ public:
+  DowntimeSchedule(uint64_t start_ms, uint64_t limit_ms)
+      : limit_ms_(limit_ms),
+        target_ms_(start_ms == 0 || start_ms >= limit_ms ? limit_ms : start_ms) {}
+  uint64_t target_ms() const { return target_ms_; }
+  // QEMU's `pass`th sync left `remaining_bytes` to send. Returns the new target.
+  uint64_t OnPass(uint64_t pass, uint64_t remaining_bytes);
+
+ private:
+  uint64_t limit_ms_;
+  uint64_t target_ms_;
+  uint64_t last_pass_ = 0;
+  uint64_t last_remaining_ = 0;
+};
+
 enum class SourceOutcome { kCommitted, kAborted, kInDoubt };
 std::string_view SourceOutcomeName(SourceOutcome o);
 
@@ -78,6 +106,7 @@ struct SourceReport {
   uint64_t stream_bytes = 0;
   uint64_t wire_bytes = 0;
   uint32_t rounds = 0;
+  uint64_t downtime_target_ms = 0;  // QEMU's downtime-limit when it switched over
   size_t ram_pages_repaired = 0;  // pages QEMU's stream got wrong, sent by sod (RAM check)
   PhaseTimes phases;  // attested, prepared, streaming, paused, switchover-ok, qemu-completed, ...
 };

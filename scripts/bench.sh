@@ -10,7 +10,8 @@
 #                        hosts on loopback (built here if missing, in $SOD_BUILD_DIR or build/), the
 #                        guest booted by sodd, moved with `sodctl migrate` (run_sod in
 #                        scripts/bench/driver.py); sod-noram: the same with --no-verify-ram (what
-#                        the RAM check costs)
+#                        the RAM check costs); sod-x, sod-noram-x (not in the default): the same
+#                        with the extra arguments in $SOD_BENCH_X_ARGS, for A/B experiments
 #   --workloads LIST     default idle,moderate,heavy,max:
 #                          idle      no dirtier (sod.dirty_mb=0)
 #                          moderate  128 MiB working set dirtied at 32 MiB/s

@@ -108,6 +108,9 @@ TEST_F(MigrationTest, RunningGuestMovesWithItsMemoryAndHeartbeat) {
                   .ok());
   EXPECT_EQ(b_.ledger.Lookup(r.migration_id), MigrationOutcome::kCommitted);
   EXPECT_GT(o.source.downtime_ms, 0);
+  // QEMU switched over under one of the stepped downtime targets (50, 100, 200, 300 ms).
+  const uint64_t target = o.source.downtime_target_ms;
+  EXPECT_TRUE(target == 50 || target == 100 || target == 200 || target == 300) << target;
   EXPECT_FALSE(progress_.empty());
   EXPECT_EQ(progress_.back().phase, "done");
 }
@@ -236,6 +239,46 @@ TEST_F(MigrationTest, WrongPeerCertificateIsRefusedBeforeAnyVmByte) {
   EXPECT_EQ(o.connect.code(), Errc::kAuth) << o.connect.ToString();
   EXPECT_TRUE(progress_.empty()) << "no migration started";
   ExpectSourceStillRunsAndNothingAtDestination();
+}
+
+// The stepped downtime target: the start until QEMU's second pass, then doubled while passes at
+// least halve what is left, the limit at once when one did not; never above the limit.
+TEST(DowntimeScheduleTest, DoublesWhilePassesShrinkAndCapsAtTheLimit) {
+  constexpr uint64_t kMiB = 1 << 20;
+  DowntimeSchedule s(50, 300);
+  EXPECT_EQ(s.target_ms(), 50u);
+  EXPECT_EQ(s.OnPass(1, 1024 * kMiB), 50u);  // the setup sync: everything is left
+  EXPECT_EQ(s.OnPass(1, 10 * kMiB), 50u);    // the same pass again: no step
+  EXPECT_EQ(s.OnPass(2, 300 * kMiB), 100u);
+  EXPECT_EQ(s.OnPass(3, 150 * kMiB), 200u);  // exactly half: still shrinking
+  EXPECT_EQ(s.OnPass(4, 20 * kMiB), 300u);   // 400 capped
+  EXPECT_EQ(s.OnPass(5, 1 * kMiB), 300u);
+  EXPECT_EQ(s.OnPass(UINT64_MAX, 0), 300u);
+}
+
+TEST(DowntimeScheduleTest, APassThatDoesNotHalveWhatIsLeftGoesToTheLimit) {
+  constexpr uint64_t kMiB = 1 << 20;
+  DowntimeSchedule s(50, 300);
+  s.OnPass(1, 1024 * kMiB);
+  EXPECT_EQ(s.OnPass(2, 260 * kMiB), 100u);
+  EXPECT_EQ(s.OnPass(3, 131 * kMiB), 300u);  // the guest dirties about as fast as QEMU sends
+  // A first event from a later pass only records where it stands.
+  DowntimeSchedule late(50, 300);
+  EXPECT_EQ(late.OnPass(3, 100 * kMiB), 50u);
+  EXPECT_EQ(late.OnPass(4, 90 * kMiB), 300u);
+}
+
+TEST(DowntimeScheduleTest, NoStepsWithoutAStartBelowTheLimit) {
+  EXPECT_EQ(DowntimeSchedule(0, 300).target_ms(), 300u);
+  EXPECT_EQ(DowntimeSchedule(300, 300).target_ms(), 300u);
+  EXPECT_EQ(DowntimeSchedule(500, 300).target_ms(), 300u);
+  DowntimeSchedule s(0, 300);
+  s.OnPass(1, 1 << 30);
+  EXPECT_EQ(s.OnPass(2, 1), 300u);
+  // No overflow near the top of the range.
+  DowntimeSchedule big(UINT64_MAX / 2 + 1, UINT64_MAX);
+  big.OnPass(1, 100);
+  EXPECT_EQ(big.OnPass(2, 1), UINT64_MAX);
 }
 
 }  // namespace

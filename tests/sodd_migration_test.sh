@@ -101,9 +101,13 @@ grep -q '"migration.restart-resolution"' "$W/hosta/audit.log" &&
   ok "source sodd restarted: the audit log explains the resolution" ||
   fail "source sodd restarted: no restart resolution in the audit log"
 
-echo "== 4. a clean migration after all that"
-if ctl hosta migrate guest --to hostb:$PORT_B --connect 127.0.0.1 >"$W/migrate.out" 2>&1; then
+echo "== 4. a clean migration after all that (QEMU held to 200 ms from the start: no stepped target)"
+if ctl hosta migrate guest --to hostb:$PORT_B --connect 127.0.0.1 --downtime-limit 200 \
+    --downtime-start 0 >"$W/migrate.out" 2>&1; then
   ok "migration committed: $(grep -a 'total time' "$W/migrate.out" | xargs)"
+  grep -aq 'planned for at most 200 ms' "$W/migrate.out" &&
+    ok "QEMU's downtime target was the limit given" ||
+    fail "downtime target: $(grep -a 'downtime ' "$W/migrate.out")"
   [ "$(phase hostb guest)" = running ] && ok "the VM runs on hostb" || fail "hostb phase $(phase hostb guest)"
   [ "$(phase hosta guest)" = migrated-away ] && ok "hosta records it migrated away" ||
     fail "hosta phase $(phase hosta guest)"

@@ -23,6 +23,7 @@ struct MigrateArgs {
   bool no_verify_ram = false;
   uint64_t max_bandwidth_mib = 0;
   uint64_t downtime_limit_ms = 0;
+  int64_t downtime_start_ms = -1;  // -1: sodd's default
   bool json = false;
 };
 
@@ -71,6 +72,7 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   if (a.channels) req["channels"] = a.channels;
   if (a.max_bandwidth_mib) req["max_bandwidth"] = a.max_bandwidth_mib << 20;
   if (a.downtime_limit_ms) req["downtime_limit_ms"] = a.downtime_limit_ms;
+  if (a.downtime_start_ms >= 0) req["downtime_start_ms"] = a.downtime_start_ms;
   const bool tty = !a.json && isatty(fileno(stdout));
   std::vector<json> events;
   Result<json> reply = CallSodd(sodd, req, [&](const json& e) {
@@ -92,7 +94,8 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
             << ": committed\n"
             << "  total time    " << s.value("total_s", 0.0) << " s\n"
             << "  downtime      " << s.value("downtime_ms", 0.0) << " ms (source stop -> "
-            << "destination resume; QEMU alone: " << s.value("qemu_downtime_ms", 0.0) << " ms)\n"
+            << "destination resume; QEMU alone: " << s.value("qemu_downtime_ms", 0.0)
+            << " ms, planned for at most " << s.value("downtime_target_ms", 0ull) << " ms)\n"
             << "  stream        " << Mib(s.value("stream_bytes", 0ull)) << " in "
             << s.value("rounds", 0) << " rounds, " << Mib(s.value("wire_bytes", 0ull))
             << " on the wire\n";
@@ -162,8 +165,14 @@ void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
               "Skip the guest RAM digest comparison at commit");
   m->add_option("--max-bandwidth", args->max_bandwidth_mib, "QEMU bandwidth cap, MiB/s")
       ->type_name("MIB");
-  m->add_option("--downtime-limit", args->downtime_limit_ms, "QEMU downtime limit, ms")
+  m->add_option("--downtime-limit", args->downtime_limit_ms,
+                "The most downtime QEMU may plan for, ms (default 300)")
       ->type_name("MS");
+  m->add_option("--downtime-start", args->downtime_start_ms,
+                "QEMU's first downtime target, ms, doubled at each later pass up to the limit "
+                "(default 50; 0: the limit from the start)")
+      ->type_name("MS")
+      ->check(CLI::NonNegativeNumber);
   m->add_flag("--json", args->json, "Print the result, receipt and every event as JSON");
   m->callback([&action, sodd, args] { action = [sodd, args] { return RunMigrate(*sodd, *args); }; });
 
