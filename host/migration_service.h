@@ -4,7 +4,8 @@
 //   source:      admin op "migrate" {name, to, connect?, port?, channels?, suite?, verify_ram?,
 //                max_bandwidth?, downtime_limit_ms?, downtime_start_ms?, converge_timeout_s?}
 //                streams "progress" events and ends with the outcome and, when committed, the
-//                signed receipt; admin op "recover" {name} resolves an in-doubt VM by asking its destination.
+//                signed receipt; admin op "recover" {name} resolves an in-doubt VM by asking its
+//                destination.
 //   destination: the session handler serves offers (VMs coming in) and outcome queries.
 //
 // Every migration's start, session (source: the TLS session with the destination is up),
