@@ -99,8 +99,8 @@ class SourceMigration {
 };
 
 Status SourceMigration::OnQemuPass(uint64_t pass) {
+  if (downtime_.at_limit()) return Status::Ok();  // nothing left to raise
   const uint64_t before = downtime_.target_ms();
-  if (before >= opts_.downtime_limit_ms) return Status::Ok();  // nothing left to raise
   // What this pass has to send: QEMU's count right after the sync (it has sent a little since).
   SOD_ASSIGN_OR_RETURN(json q, QueryMigrate());
   last_query_ = q;
@@ -516,7 +516,7 @@ uint64_t DowntimeSchedule::OnPass(uint64_t pass, uint64_t remaining_bytes) {
   const bool shrinking = first || remaining_bytes <= last_remaining_ / 2;
   last_pass_ = pass;
   last_remaining_ = remaining_bytes;
-  if (first || pass < 2 || target_ms_ >= limit_ms_) return target_ms_;
+  if (first || at_limit()) return target_ms_;
   target_ms_ = !shrinking || target_ms_ > limit_ms_ / 2 ? limit_ms_ : target_ms_ * 2;
   return target_ms_;
 }

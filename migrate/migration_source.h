@@ -81,6 +81,7 @@ class DowntimeSchedule {
       : limit_ms_(limit_ms),
         target_ms_(start_ms == 0 || start_ms >= limit_ms ? limit_ms : start_ms) {}
   uint64_t target_ms() const { return target_ms_; }
+  bool at_limit() const { return target_ms_ >= limit_ms_; }
   // QEMU's `pass`th sync left `remaining_bytes` to send. Returns the new target.
   uint64_t OnPass(uint64_t pass, uint64_t remaining_bytes);
 

@@ -39,7 +39,9 @@
 # (each run's consoles and QEMU logs), tls/ (the throwaway certificates).
 # Environment: SOD_GUEST_DIR (guest cache, default /var/cache/sod/guest), SOD_BENCH_SOD_CMD (the sod
 # hook command; its contract is in scripts/bench/driver.py, run_sod()), SOD_BENCH_MIGRATE_ARGS (extra
-# `sodctl migrate` arguments for sod modes, for experiments, e.g. "--channels 1").
+# `sodctl migrate` arguments for sod modes, for experiments, e.g. "--channels 1"), SOD_BENCH_X_ARGS
+# (the extra arguments of the sod-x and sod-noram-x modes, e.g. "--downtime-start 0": an A/B
+# interleaved with the other modes in one run).
 # Needs root only to install missing packages (qemu-system-x86, openssl, python3) and to build the
 # guest the first time. All traffic stays on 127.0.0.1. Both QEMUs of a run are killed and their
 # memory files in /dev/shm deleted after every run, and on errors or Ctrl-C.
