@@ -104,13 +104,20 @@ std::string DescribeExit(int st) {
   return "exited with status " + std::to_string(WEXITSTATUS(st));
 }
 
-pid_t WaitPidNoHang(pid_t pid, int& status) {
+namespace {
+
+// waitpid, retried on EINTR.
+pid_t WaitPidRetrying(pid_t pid, int& status, int flags) {
   pid_t r;
   do {
-    r = ::waitpid(pid, &status, WNOHANG);
+    r = ::waitpid(pid, &status, flags);
   } while (r < 0 && errno == EINTR);
   return r;
 }
+
+}  // namespace
+
+pid_t WaitPidNoHang(pid_t pid, int& status) { return WaitPidRetrying(pid, status, WNOHANG); }
 
 bool TryReapChild(pid_t pid, bool& reaped) {
   if (reaped) return true;
@@ -159,12 +166,8 @@ Status StopChild(pid_t pid, bool& reaped, std::chrono::milliseconds grace, std::
 
 int KillAndReapChild(pid_t pid) {
   ::kill(pid, SIGKILL);
-  int st;
-  pid_t r;
-  do {
-    r = ::waitpid(pid, &st, 0);
-  } while (r < 0 && errno == EINTR);
-  return r < 0 ? errno : 0;
+  int st = 0;
+  return WaitPidRetrying(pid, st, 0) < 0 ? errno : 0;
 }
 
 namespace {

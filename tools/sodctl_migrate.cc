@@ -5,6 +5,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "migrate/migration_source.h"
 #include "migrate/vm.h"
 #include "tools/sodctl_commands.h"
 #include "tools/sodctl_sodd.h"
@@ -165,12 +166,15 @@ void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
               "Skip the guest RAM digest comparison at commit");
   m->add_option("--max-bandwidth", args->max_bandwidth_mib, "QEMU bandwidth cap, MiB/s")
       ->type_name("MIB");
+  const SourceOptions defaults;
   m->add_option("--downtime-limit", args->downtime_limit_ms,
-                "The most downtime QEMU may plan for, ms (default 300)")
+                "The most downtime QEMU may plan for, ms (default " +
+                    std::to_string(defaults.downtime_limit_ms) + ")")
       ->type_name("MS");
   m->add_option("--downtime-start", args->downtime_start_ms,
                 "QEMU's first downtime target, ms, doubled at each later pass up to the limit "
-                "(default 50; 0: the limit from the start)")
+                "(default " +
+                    std::to_string(defaults.downtime_start_ms) + "; 0: the limit from the start)")
       ->type_name("MS")
       ->check(CLI::NonNegativeNumber);
   m->add_flag("--json", args->json, "Print the result, receipt and every event as JSON");
