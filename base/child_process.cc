@@ -90,9 +90,22 @@ Result<pid_t> SpawnChild(const ChildSpec& spec) {
   std::vector<char*> argv;
   for (auto& a : store) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const std::string& x : spec.env)
+      replaced = replaced || (x.size() > name.size() && x.compare(0, name.size(), name) == 0 &&
+                              x[name.size()] == '=');
+    if (!replaced) envp.push_back(*e);
+  }
+  std::vector<std::string> extra = spec.env;
+  for (auto& x : extra) envp.push_back(x.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
   const int rc = posix_spawnp(&pid, program.c_str(), setup.actions(), setup.attr(), argv.data(),
-                              environ);
+                              envp.data());
   ::close(log_fd);
   if (rc == ENOENT) return Error(Errc::kNotFound, program + " not found");
   if (rc != 0) return Error(Errc::kIo, "spawning " + program + ": " + std::strerror(rc));

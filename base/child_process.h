@@ -24,6 +24,9 @@ struct ChildSpec {
   // Descriptors the child gets, {ours, its number}; its numbers are 3, 4, ... in order, and ours
   // must be above the last of them (dup2 onto itself would keep close-on-exec).
   std::vector<std::pair<int, int>> pass_fds;
+  // "NAME=value" entries added to the environment the child inherits (replacing an inherited
+  // variable of the same name).
+  std::vector<std::string> env;
 };
 
 // Starts spec.argv with the default signal mask and dispositions, whatever this process blocks

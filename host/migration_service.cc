@@ -43,6 +43,8 @@ json SummaryJson(const SourceReport& r) {
   return {{"phases_ms", PhasesJson(r.phases)},
           {"total_s", r.total_s},
           {"ram_pages_repaired", r.ram_pages_repaired},
+          {"ram_check", r.ram_check},
+          {"ram_pages_read_at_pause", r.ram_pages_read_at_pause},
           {"downtime_ms", r.downtime_ms},
           {"qemu_downtime_ms", r.qemu_downtime_ms},
           {"downtime_target_ms", r.downtime_target_ms},
@@ -164,8 +166,8 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
     if (emit) emit(kind, f);
   };
   SOD_RETURN_IF_ERROR(CheckRequestKeys(
-      req, {"name", "to", "connect", "port", "channels", "suite", "verify_ram", "max_bandwidth",
-            "downtime_limit_ms", "downtime_start_ms", "converge_timeout_s"}));
+      req, {"name", "to", "connect", "port", "channels", "suite", "verify_ram", "ram_write_log",
+            "max_bandwidth", "downtime_limit_ms", "downtime_start_ms", "converge_timeout_s"}));
   SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
   SOD_ASSIGN_OR_RETURN(std::string to, RequestString(req, "to"));
   SOD_ASSIGN_OR_RETURN(std::string connect, RequestOptional<std::string>(req, "connect", to));
@@ -175,6 +177,8 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
   SOD_ASSIGN_OR_RETURN(std::string suite, RequestOptional<std::string>(req, "suite", "aes-256-gcm"));
   SourceOptions opts;
   SOD_ASSIGN_OR_RETURN(opts.verify_ram, RequestOptional<bool>(req, "verify_ram", true));
+  SOD_ASSIGN_OR_RETURN(opts.ram_write_log,
+                       RequestOptional<bool>(req, "ram_write_log", opts.ram_write_log));
   SOD_ASSIGN_OR_RETURN(opts.max_bandwidth,
                        RequestOptional<uint64_t>(req, "max_bandwidth", opts.max_bandwidth));
   SOD_ASSIGN_OR_RETURN(opts.downtime_limit_ms,

@@ -111,9 +111,10 @@ Status SourceMigration::OnQemuPass(uint64_t pass) {
 
 void SourceMigration::StartRamHash() {
   if (!tracker_ || ram_hasher_.started()) return;
-  // QEMU has paused the VM: its RAM is final. Hash it on one thread while the switchover check,
-  // the last pages and the device state go on (they need the other core); more threads join
-  // once QEMU is done and in the commit path (RamFileHasher::AddWorker, Finish).
+  // QEMU has paused the VM: its RAM is final. Hash it (with a write log: only the pages written
+  // since it was hashed) on one thread while the switchover check, the last pages and the device
+  // state go on (they need the other core); more threads join once QEMU is done and in the commit
+  // path (RamFileHasher::AddWorker, Finish).
   ram_hasher_.Start(vm_.paths().memory_file, std::string(kRamBlockName), 1);
 }
 
@@ -136,6 +137,8 @@ Status SourceMigration::SendRamRepair(const std::vector<size_t>& pages) {
 
 Status SourceMigration::CheckRam(Receipt& r) {
   Result<RamPageTable> pages = ram_hasher_.Finish();
+  report_.ram_check = ram_hasher_.how();
+  report_.ram_pages_read_at_pause = ram_hasher_.pages_read_at_pause();
   if (!pages.ok()) return pages.status().WithContext("hashing the guest RAM");
   const RamPageTable& ram = *pages;
   SOD_RETURN_IF_ERROR(tracker_->status().WithContext("following the RAM in QEMU's stream"));
@@ -257,8 +260,10 @@ Status SourceMigration::StartStream() {
     tracker_ = std::make_unique<RamStreamTracker>((uint64_t{vm_.spec().memory_mb} << 20) +
                                                   kRamStreamRomSlack);
     pump_->set_observer([t = tracker_.get()](ByteSpan b) { t->Feed(b); });
-    // Map the guest RAM now, while it streams: at the pause only the hashing is left.
-    ram_hasher_.Prepare(vm_.paths().memory_file, std::string(kRamBlockName));
+    // Map the guest RAM now, while it streams, and hash it under a write log (when QEMU has one):
+    // at the pause only the pages written since are left to read.
+    ram_hasher_.Prepare(vm_.paths().memory_file, std::string(kRamBlockName),
+                        opts_.ram_write_log ? vm_.pid() : 0);
   }
   pump_->Start();
   SOD_RETURN_IF_ERROR(qmp.Execute("migrate", {{"uri", std::string("fd:") + kFdName}}).status());
@@ -314,9 +319,9 @@ Status SourceMigration::StreamUntilCompleted() {
         // Another pass: QEMU may plan for more downtime (it reads the limit within 100 ms). Not
         // once the VM is paused: that pass is the last one.
         if (sm_.state() == SourceState::kStreaming) SOD_RETURN_IF_ERROR(OnQemuPass(pass));
-        // QEMU's first pass has read (and so allocated) every page of the memory file: map them
-        // for the RAM check now, while the guest still runs.
-        if (tracker_ && pass >= 2) ram_hasher_.Prefault();
+        // Without a write log: map the pages QEMU's first pass allocated, for the RAM check's
+        // pass at the pause.
+        if (tracker_) ram_hasher_.OnPass(pass);
       } else if (ev->name == "MIGRATION") {
         const std::string status = ev->data.value("status", "");
         if (status == "pre-switchover") {

@@ -43,6 +43,10 @@ struct SourceOptions {
   // Pages QEMU got wrong are repaired (sent by sod itself, PROTOCOL.md "RAM check") up to this
   // many; more abort the migration.
   bool verify_ram = true;
+  // With verify_ram: hash the RAM while the guest runs, under a write log of QEMU's mapping
+  // (ram_write_log.h), and read again at the pause only the pages written since; false, or when
+  // QEMU has no log to offer: read all of the RAM at the pause.
+  bool ram_write_log = true;
   size_t max_ram_repair_pages = kMaxRamRepairPages;
   // The most downtime QEMU may plan for when it switches over (its downtime-limit). QEMU starts
   // with a smaller target, `downtime_start_ms`, raised pass by pass up to the limit
@@ -109,6 +113,10 @@ struct SourceReport {
   uint32_t rounds = 0;
   uint64_t downtime_target_ms = 0;  // QEMU's downtime-limit when it switched over
   size_t ram_pages_repaired = 0;  // pages QEMU's stream got wrong, sent by sod (RAM check)
+  // RAM check: how the paused RAM was read ("write log", or "whole RAM at the pause: <why>") and
+  // how many pages were read after the pause.
+  std::string ram_check;
+  size_t ram_pages_read_at_pause = 0;
   PhaseTimes phases;  // attested, prepared, streaming, paused, switchover-ok, qemu-completed, ...
 };
 

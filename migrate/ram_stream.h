@@ -27,10 +27,12 @@
 #include <string_view>
 #include <thread>
 #include <vector>
+#include <memory>
 #include <mutex>
 
 #include "base/bytes.h"
 #include "base/status.h"
+#include "migrate/ram_write_log.h"
 
 namespace sod {
 
@@ -60,6 +62,10 @@ Result<RamPageTable> HashRamFile(const std::string& path, std::string_view block
 
 // HashRamFile on background threads, started as soon as the RAM is final; whoever needs the
 // table calls Finish, which hashes what is left on the calling thread too.
+//
+// With a write log (Prepare with QEMU's pid; migrate/ram_write_log.h) it hashes the RAM while the
+// guest still runs, so that at the pause it re-reads only the pages written since. Without one
+// (no log to be had, or it failed), the whole RAM is read at the pause.
 class RamFileHasher {
  public:
   RamFileHasher() = default;
@@ -67,13 +73,14 @@ class RamFileHasher {
   RamFileHasher(const RamFileHasher&) = delete;
   RamFileHasher& operator=(const RamFileHasher&) = delete;
 
-  // Maps the file and faults in the mapping in the background (while the guest still runs), so
-  // that Start only hashes. Optional.
-  void Prepare(std::string path, std::string block);
-  // Faults the mapping in for the pages the file holds by now, in the background (e.g. once QEMU's
-  // first pass made the file dense), so that the pass at the pause only reads. Stops when hashing
-  // starts. After Prepare; once.
-  void Prefault();
+  // Maps the file in the background, while the guest still runs. With `qemu_pid` (the QEMU whose
+  // guest RAM the file is, mapped whole) it also attaches a write log to that QEMU, protects the
+  // RAM and hashes it, all in the background. Optional; once.
+  void Prepare(std::string path, std::string block, pid_t qemu_pid = 0);
+  // QEMU began a pass. Without a write log, from the second pass on: faults the mapping in for the
+  // pages the file holds by then (QEMU's first pass made it dense), so that the pass at the pause
+  // only reads; once, in the background, stopping when hashing starts. With one: nothing.
+  void OnPass(uint64_t pass);
   // Hashes on `threads` background threads (after Prepare, or preparing first).
   void Start(std::string path, std::string block, int threads = 2);
   bool started() const { return started_.load(); }
@@ -82,14 +89,25 @@ class RamFileHasher {
   // The table (or why the file could not be read). Call once, after Start. The mapping is
   // released by the destructor, not here (unmapping 1 GiB is not free; Finish runs in the pause).
   Result<RamPageTable> Finish();
+  // After Finish: how many pages were read after Start, and how the RAM was read ("write log", or
+  // "whole RAM at the pause: <why there was no log>").
+  size_t pages_read_at_pause() const { return pages_at_pause_; }
+  const std::string& how() const { return how_; }
 
  private:
-  void Map();
+  void Map();       // on job_
+  void Prehash();   // on job_, after Map: attach, protect, hash everything
+  void Prefault();  // on its own thread (no write log)
   void WaitMapped();
+  void Plan();  // once, by the first worker after Start: what is left to read
   void Work();
+  // Hashes pages [from, from + n) (n <= kHashChunkPages) into table_.
+  void HashPages(size_t from, size_t n);
+  void HashRanges(const std::vector<std::pair<size_t, size_t>>& ranges);
 
   std::string path_;
   std::vector<std::thread> threads_;
+  std::thread job_;  // Map, then (with a write log) the hashing while the guest runs
   std::mutex mu_;
   std::condition_variable mapped_cv_;
   bool mapped_ = false;  // guarded by mu_: the map (or its error) is ready
@@ -98,7 +116,15 @@ class RamFileHasher {
   const uint8_t* base_ = nullptr;
   size_t map_len_ = 0;
   RamPageTable table_;
-  std::atomic<size_t> next_chunk_{0};
+  pid_t qemu_pid_ = 0;
+  std::unique_ptr<RamWriteLog> log_;  // used on job_, then by Plan after joining it
+  bool log_current_ = false;          // table_ holds every page as of the log's protection
+  std::string log_status_;            // why there is no (usable) log
+  std::once_flag plan_once_;
+  std::vector<std::pair<size_t, size_t>> units_;  // Plan's work: [from, from + n) page runs
+  std::atomic<size_t> next_unit_{0};
+  size_t pages_at_pause_ = 0;
+  std::string how_;
   bool prepared_ = false;
   std::atomic<bool> started_{false};  // hashing began (the prefault thread stops then)
   bool prefaulting_ = false;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -20,6 +21,7 @@
 #include "base/child_process.h"
 #include "base/files.h"
 #include "migrate/qemu_process.h"
+#include "migrate/uffd_abi.h"
 
 namespace sod {
 
@@ -83,13 +85,31 @@ Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t&
 
 // Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
 // `log_path`.
+#ifndef SOD_QEMU_PRELOAD_DEFAULT
+#define SOD_QEMU_PRELOAD_DEFAULT ""
+#endif
+
+// The library preloaded into QEMU for the RAM check's write log (ram_write_log.h): the one built
+// with sod, or $SOD_QEMU_PRELOAD ("" for none); none when it is not there.
+std::string QemuPreloadLibrary() {
+  const char* env = std::getenv("SOD_QEMU_PRELOAD");
+  std::string lib = env != nullptr ? env : SOD_QEMU_PRELOAD_DEFAULT;
+  if (lib.empty() || ::access(lib.c_str(), R_OK) != 0) return "";
+  return lib;
+}
+
 Result<pid_t> SpawnDetached(const std::string& binary, const std::vector<std::string>& args,
-                            const std::string& log_path) {
+                            const std::string& log_path, const std::string& preload) {
   ChildSpec c;
   c.argv.push_back(binary);
   c.argv.insert(c.argv.end(), args.begin(), args.end());
   c.log_path = log_path;
   c.new_session = true;
+  if (!preload.empty()) {
+    const char* other = std::getenv("LD_PRELOAD");
+    c.env = {"LD_PRELOAD=" + preload + (other != nullptr && *other ? ":" + std::string(other) : ""),
+             std::string(SOD_QEMU_UFFD_FD_ENV) + "=" + std::to_string(SOD_QEMU_UFFD_FD)};
+  }
   Result<pid_t> pid = SpawnChild(c);
   if (!pid.ok() && pid.status().code() == Errc::kNotFound)
     return Error(Errc::kNotFound, "QEMU binary " + binary + " not found");
@@ -396,9 +416,11 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
   ::close(mfd);
 
   const std::vector<std::string> args = BuildQemuArgs(spec, paths, mode);
+  const std::string preload = QemuPreloadLibrary();
   {
     // One header line per launch, so qemu.log tells which command line each run used.
     std::ofstream log(paths.qemu_log, std::ios::app);
+    if (!preload.empty()) log << "---- sod: preloading " << preload << " (RAM write log)\n";
     log << "---- sod: launching " << qemu_binary;
     for (const auto& a : args) log << ' ' << a;
     log << '\n';
@@ -417,7 +439,7 @@ Result<std::unique_ptr<Vm>> Vm::Launch(const VmSpec& spec, const VmPaths& paths,
     return fail(code, msg + (tail.empty() ? "" : "; qemu.log: " + tail));
   };
 
-  Result<pid_t> pid = SpawnDetached(qemu_binary, args, paths.qemu_log);
+  Result<pid_t> pid = SpawnDetached(qemu_binary, args, paths.qemu_log, preload);
   if (!pid.ok()) return cleanup_fail(-1, pid.status().code(), pid.status().message());
 
   const auto deadline = Clock::now() + kLaunchTimeout;

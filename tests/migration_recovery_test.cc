@@ -4,11 +4,16 @@
 // arrives (the source stays paused, in doubt, and recovery finds the commit), and a recovery
 // query that arrives while the destination is still verifying the commit (the fence: the
 // destination may no longer commit, the source resumes, and the VM runs in exactly one place).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <optional>
 #include <thread>
 
+#include "migrate/ram_write_log.h"
 #include "migration_fixture.h"
 
 namespace sod {
@@ -74,26 +79,45 @@ TEST_F(MigrationRecoveryTest, RamDigestMismatchIsRefused) {
 }
 
 // QEMU missing a dirty page, reproduced: once QEMU has paused the guest, bytes of its RAM
-// change behind QEMU's dirty tracking (through the shared memory file), so QEMU never re-sends
-// those pages. The pages are in the guest's first MiB, which Linux reserves and leaves alone
-// (changing them does the guest no harm), and QEMU sends them early in its first pass.
-void ChangeSixPagesBehindQemu(const std::string& memory_file) {
-  std::fstream f(memory_file, std::ios::in | std::ios::out | std::ios::binary);
-  for (long k = 0; k < 6; ++k) {
-    f.seekg(0x20000 + k * 0x10000 + 17);
-    const int c = f.get();
-    f.seekp(0x20000 + k * 0x10000 + 17);
-    f.put(static_cast<char>(c ^ 0x5a));
+// change behind QEMU's dirty tracking, so QEMU never re-sends those pages. The pages are in the
+// guest's first MiB, which Linux reserves and leaves alone (changing them does the guest no
+// harm), and QEMU sends them early in its first pass.
+//  - kThroughQemu: through QEMU's own mapping of its RAM (/proc/PID/mem), like a guest store
+//    QEMU's TCG dirty tracking failed to see; the RAM check's write log sees it.
+//  - kThroughFile: write(2) to the memory file, past QEMU's page tables; only a check that reads
+//    all the RAM at the pause (ram_write_log off) sees that.
+enum class Behind { kThroughQemu, kThroughFile };
+void ChangeSixPagesBehindQemu(const Vm& vm, Behind how) {
+  uint64_t at = 0;
+  std::string target = vm.paths().memory_file;
+  if (how == Behind::kThroughQemu) {
+    Result<uint64_t> base = FindFileMapping(vm.pid(), target, uint64_t{vm.spec().memory_mb} << 20);
+    ASSERT_TRUE(base.ok()) << base.status().ToString();
+    at = *base;
+    target = "/proc/" + std::to_string(vm.pid()) + "/mem";
   }
-  ASSERT_TRUE(f.good());
+  const int fd = ::open(target.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << target << ": " << std::strerror(errno);
+  for (uint64_t k = 0; k < 6; ++k) {
+    const off_t where = static_cast<off_t>(at + 0x20000 + k * 0x10000 + 17);
+    char c = 0;
+    ASSERT_EQ(::pread(fd, &c, 1, where), 1) << std::strerror(errno);
+    c ^= 0x5a;
+    ASSERT_EQ(::pwrite(fd, &c, 1, where), 1) << std::strerror(errno);
+  }
+  ::close(fd);
 }
 
 // The source finds the six pages, sends them itself, the destination writes them into the
 // paused VM's RAM before it verifies: the VM moves with the RAM the source had, changes included.
-TEST_F(MigrationRecoveryTest, PagesQemuNeverResentAreRepairedAndTheVmMoves) {
+// Both ways of reading the paused RAM: the write log, and all of it.
+class RamRepairTest : public MigrationRecoveryTest, public ::testing::WithParamInterface<Behind> {};
+
+TEST_P(RamRepairTest, PagesQemuNeverResentAreRepairedAndTheVmMoves) {
   BootSource("sod.dirty_mb=0");
   SourceOptions opts;
-  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(source_vm_->paths().memory_file); };
+  opts.ram_write_log = GetParam() == Behind::kThroughQemu;
+  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(*source_vm_, GetParam()); };
   DestinationContext ctx = DestContext();
   RamDigests ram;
   WitnessRam(opts, ctx, ram);
@@ -102,11 +126,25 @@ TEST_F(MigrationRecoveryTest, PagesQemuNeverResentAreRepairedAndTheVmMoves) {
   ASSERT_TRUE(o.dest.error.ok()) << o.dest.error.ToString();
   EXPECT_EQ(o.source.ram_pages_repaired, 6u);
   EXPECT_EQ(o.dest.ram_pages_repaired, 6u);
+  if (GetParam() == Behind::kThroughQemu) {
+    EXPECT_EQ(o.source.ram_check, "write log");
+    EXPECT_GE(o.source.ram_pages_read_at_pause, 6u);
+  } else {
+    EXPECT_EQ(o.source.ram_check, "whole RAM at the pause: no write log asked for");
+    EXPECT_EQ(o.source.ram_pages_read_at_pause, (uint64_t{256} << 20) / kRamPageSize);
+  }
   ASSERT_TRUE(ram.source && ram.dest);
   EXPECT_EQ(ToHex(*ram.source), ToHex(*ram.dest)) << "the destination has the source's RAM";
   ASSERT_TRUE(dest_vm_);
   EXPECT_EQ(*dest_vm_->RunState(), "running");
 }
+
+INSTANTIATE_TEST_SUITE_P(Behind, RamRepairTest,
+                         ::testing::Values(Behind::kThroughQemu, Behind::kThroughFile),
+                         [](const auto& info) {
+                           return info.param == Behind::kThroughQemu ? "ThroughQemusMapping"
+                                                                      : "ThroughTheFile";
+                         });
 
 // Beyond the repair limit the source refuses to commit: the VM keeps running at the source,
 // with the changed bytes (its RAM is the truth), and nothing runs at hostb.
@@ -114,7 +152,7 @@ TEST_F(MigrationRecoveryTest, MorePagesThanTheRepairLimitAbortAndTheVmStays) {
   BootSource("sod.dirty_mb=0");
   SourceOptions opts;
   opts.max_ram_repair_pages = 5;
-  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(source_vm_->paths().memory_file); };
+  opts.at_pause_for_testing = [&] { ChangeSixPagesBehindQemu(*source_vm_, Behind::kThroughQemu); };
   Outcome o = Migrate(DestContext(), "hostb", opts);
   EXPECT_EQ(o.source.outcome, SourceOutcome::kAborted);
   EXPECT_EQ(o.source.error.code(), Errc::kIntegrity) << o.source.error.ToString();

@@ -108,6 +108,10 @@ if ctl hosta migrate guest --to hostb:$PORT_B --connect 127.0.0.1 --downtime-lim
   grep -aq 'planned for at most 200 ms' "$W/migrate.out" &&
     ok "QEMU's downtime target was the limit given" ||
     fail "downtime target: $(grep -a 'downtime ' "$W/migrate.out")"
+  # sodd preloaded its library into the guest's QEMU: the RAM check had the kernel's write log.
+  grep -aq 'RAM check     write log, ' "$W/migrate.out" &&
+    ok "RAM check: $(grep -a 'RAM check' "$W/migrate.out" | xargs)" ||
+    fail "RAM check without its write log: $(grep -a 'RAM check' "$W/migrate.out")"
   [ "$(phase hostb guest)" = running ] && ok "the VM runs on hostb" || fail "hostb phase $(phase hostb guest)"
   [ "$(phase hosta guest)" = migrated-away ] && ok "hosta records it migrated away" ||
     fail "hosta phase $(phase hosta guest)"

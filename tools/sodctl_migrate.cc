@@ -22,6 +22,7 @@ struct MigrateArgs {
   uint16_t channels = 0;
   std::string suite = "aes-256-gcm";
   bool no_verify_ram = false;
+  bool no_ram_write_log = false;
   uint64_t max_bandwidth_mib = 0;
   uint64_t downtime_limit_ms = 0;
   int64_t downtime_start_ms = -1;  // -1: sodd's default
@@ -71,6 +72,7 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   SOD_RETURN_IF_ERROR(AddHostPort(req, a.to, "--to"));
   if (!a.connect.empty()) req["connect"] = a.connect;
   if (a.channels) req["channels"] = a.channels;
+  if (a.no_ram_write_log) req["ram_write_log"] = false;
   if (a.max_bandwidth_mib) req["max_bandwidth"] = a.max_bandwidth_mib << 20;
   if (a.downtime_limit_ms) req["downtime_limit_ms"] = a.downtime_limit_ms;
   if (a.downtime_start_ms >= 0) req["downtime_start_ms"] = a.downtime_start_ms;
@@ -100,6 +102,9 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
             << "  stream        " << Mib(s.value("stream_bytes", 0ull)) << " in "
             << s.value("rounds", 0) << " rounds, " << Mib(s.value("wire_bytes", 0ull))
             << " on the wire\n";
+  if (!s.value("ram_check", std::string()).empty())
+    std::cout << "  RAM check     " << s.value("ram_check", std::string()) << ", "
+              << s.value("ram_pages_read_at_pause", 0ull) << " page(s) read after the pause\n";
   if (s.value("ram_pages_repaired", 0) > 0)
     std::cout << "  RAM repair    " << s.value("ram_pages_repaired", 0)
               << " page(s) QEMU did not re-send after the guest changed them were sent by sod\n";
@@ -164,6 +169,9 @@ void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
       ->check(CLI::IsMember({"aes-256-gcm", "hmac-sha256"}));
   m->add_flag("--no-verify-ram", args->no_verify_ram,
               "Skip the guest RAM digest comparison at commit");
+  m->add_flag("--no-ram-write-log", args->no_ram_write_log,
+              "RAM check: read all guest RAM at the pause instead of only the pages QEMU's "
+              "mapping had written since the check hashed it");
   m->add_option("--max-bandwidth", args->max_bandwidth_mib, "QEMU bandwidth cap, MiB/s")
       ->type_name("MIB");
   const SourceOptions defaults;
