@@ -83,8 +83,6 @@ Status ReadUnsigned(const json& v, std::string_view key, uint64_t max, uint64_t&
 // ---- processes ---------------------------------------------------------------------------------
 
 
-// Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
-// `log_path`.
 #ifndef SOD_QEMU_PRELOAD_DEFAULT
 #define SOD_QEMU_PRELOAD_DEFAULT ""
 #endif
@@ -98,6 +96,9 @@ std::string QemuPreloadLibrary() {
   return lib;
 }
 
+// Spawns `binary` in a new session (setsid), stdin /dev/null, stdout+stderr appended to
+// `log_path`, with the library `preload` (if any) preloaded and told where to leave its
+// userfaultfd (migrate/qemu_uffd_preload.c).
 Result<pid_t> SpawnDetached(const std::string& binary, const std::vector<std::string>& args,
                             const std::string& log_path, const std::string& preload) {
   ChildSpec c;

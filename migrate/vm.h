@@ -7,6 +7,9 @@
 //
 // Guest RAM lives in a memory-backend-file (share=on) under /dev/shm, created mode 0600 by Launch:
 // the migration engine reads and writes guest RAM through that file, and RamDigest hashes it.
+// Launch preloads sod's libsod_qemu_uffd.so into QEMU (the one built with sod; $SOD_QEMU_PRELOAD
+// names another, "" none): it gives the RAM check a kernel write log of QEMU's RAM mapping
+// (migrate/ram_write_log.h) and changes nothing else in QEMU.
 #pragma once
 
 #include <sys/types.h>
