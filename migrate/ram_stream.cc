@@ -133,26 +133,22 @@ void RamFileHasher::Prehash() {
     log_status_ = "the memory file is not mapped";
     return;
   }
+  // Kept in log_ only once the table is current under it; dropped (unregistered) otherwise.
   Result<std::unique_ptr<RamWriteLog>> log = RamWriteLog::Attach(qemu_pid_, path_, table_.length);
   if (!log.ok()) {
     log_status_ = log.status().ToString();
     return;
   }
-  log_ = std::move(*log);
   // Protect first, then read: a page written after its protection is in the log, whether this
   // pass read it before or after the write.
-  if (Status s = log_->Protect(); !s.ok()) {
+  if (Status s = (*log)->Protect(); !s.ok()) {
     log_status_ = s.ToString();
     return;
   }
-  std::vector<std::pair<size_t, size_t>> all;
-  AppendUnits(0, table_.hashes.size(), all);
-  HashRanges(all);
-  log_current_ = true;
-}
-
-void RamFileHasher::HashRanges(const std::vector<std::pair<size_t, size_t>>& ranges) {
-  for (const auto& [from, n] : ranges) HashPages(from, n);
+  const size_t pages = table_.hashes.size();
+  for (size_t from = 0; from < pages; from += kHashChunkPages)
+    HashPages(from, std::min(pages - from, kHashChunkPages));
+  log_ = std::move(*log);
 }
 
 void RamFileHasher::OnPass(uint64_t pass) {
@@ -269,7 +265,7 @@ void RamFileHasher::HashPages(size_t from, size_t n) {
 void RamFileHasher::Plan() {
   if (job_.joinable()) job_.join();  // the mapping, and any background hashing, are done
   if (base_ == nullptr) return;
-  if (log_ && log_current_) {
+  if (log_) {
     // The VM is paused: no page changes any more. Read again what was written since the RAM was
     // protected; the rest of the table is current.
     std::vector<PageRange> written;

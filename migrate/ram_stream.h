@@ -103,7 +103,6 @@ class RamFileHasher {
   void Work();
   // Hashes pages [from, from + n) (n <= kHashChunkPages) into table_.
   void HashPages(size_t from, size_t n);
-  void HashRanges(const std::vector<std::pair<size_t, size_t>>& ranges);
 
   std::string path_;
   std::vector<std::thread> threads_;
@@ -117,8 +116,9 @@ class RamFileHasher {
   size_t map_len_ = 0;
   RamPageTable table_;
   pid_t qemu_pid_ = 0;
-  std::unique_ptr<RamWriteLog> log_;  // used on job_, then by Plan after joining it
-  bool log_current_ = false;          // table_ holds every page as of the log's protection
+  // Set on job_ once table_ holds every page as of the log's protection; used by Plan after
+  // joining job_.
+  std::unique_ptr<RamWriteLog> log_;
   std::string log_status_;            // why there is no (usable) log
   std::once_flag plan_once_;
   std::vector<std::pair<size_t, size_t>> units_;  // Plan's work: [from, from + n) page runs
