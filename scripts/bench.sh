@@ -11,7 +11,8 @@
 #                        guest booted by sodd, moved with `sodctl migrate` (run_sod in
 #                        scripts/bench/driver.py); sod-noram: the same with --no-verify-ram (what
 #                        the RAM check costs); sod-x, sod-noram-x (not in the default): the same
-#                        with the extra arguments in $SOD_BENCH_X_ARGS, for A/B experiments
+#                        with the extra arguments in $SOD_BENCH_X_ARGS, for A/B experiments;
+#                        sod-y: sod with $SOD_BENCH_Y_ARGS, a second experiment in the same run
 #   --workloads LIST     default idle,moderate,heavy,max:
 #                          idle      no dirtier (sod.dirty_mb=0)
 #                          moderate  128 MiB working set dirtied at 32 MiB/s
@@ -41,7 +42,7 @@
 # hook command; its contract is in scripts/bench/driver.py, run_sod()), SOD_BENCH_MIGRATE_ARGS (extra
 # `sodctl migrate` arguments for sod modes, for experiments, e.g. "--channels 1"), SOD_BENCH_X_ARGS
 # (the extra arguments of the sod-x and sod-noram-x modes, e.g. "--downtime-start 0": an A/B
-# interleaved with the other modes in one run).
+# interleaved with the other modes in one run), SOD_BENCH_Y_ARGS (the same for sod-y).
 # Needs root only to install missing packages (qemu-system-x86, openssl, python3) and to build the
 # guest the first time. All traffic stays on 127.0.0.1. Both QEMUs of a run are killed and their
 # memory files in /dev/shm deleted after every run, and on errors or Ctrl-C.

@@ -606,13 +606,15 @@ def sod_available(cfg):
                    "build/tools or PATH)")
 
 
-def sod_x_available(cfg):
-    if not os.environ.get("SOD_BENCH_X_ARGS"):
-        return False, "experiment mode skipped: SOD_BENCH_X_ARGS is not set"
-    return sod_available(cfg)
+def _sod_variant_available(env):
+    def available(cfg):
+        if not os.environ.get(env):
+            return False, f"experiment mode skipped: {env} is not set"
+        return sod_available(cfg)
+    return available
 
 
-def run_sod(ctx, verify_ram=True, variant=False):
+def run_sod(ctx, verify_ram=True, variant=None):
     """sod end to end: sodd on hosta boots the guest (same kernel, initrd, memory and command line
     as the other modes), `sodctl migrate --json` moves it to hostb over sod's secure channel
     (TLS 1.3 session setup, records on 2 data channels, commit with transcript, signed receipt and
@@ -664,8 +666,8 @@ def run_sod(ctx, verify_ram=True, variant=False):
     if not verify_ram:
         cmd.append("--no-verify-ram")
     cmd += shlex.split(os.environ.get("SOD_BENCH_MIGRATE_ARGS", ""))  # experiments, e.g. --channels 1
-    if variant:  # the -x modes: an A/B experiment interleaved with the plain sod modes
-        cmd += shlex.split(os.environ["SOD_BENCH_X_ARGS"])
+    if variant:  # the -x/-y modes: experiments interleaved with the plain sod modes
+        cmd += shlex.split(os.environ[variant])
     out_path = os.path.join(ctx.run_dir, "sod.out")
     with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
         t0 = ctx.mark_start()
@@ -716,10 +718,13 @@ MODES = {
                       boots_own=True),
     # Experiments: sod and sod-noram with the extra `sodctl migrate` arguments in
     # $SOD_BENCH_X_ARGS (e.g. "--downtime-start 0"), interleaved with the modes above.
-    "sod-x": Mode(lambda ctx: run_sod(ctx, variant=True), available=sod_x_available,
-                  boots_own=True),
-    "sod-noram-x": Mode(lambda ctx: run_sod(ctx, verify_ram=False, variant=True),
-                        available=sod_x_available, boots_own=True),
+    "sod-x": Mode(lambda ctx: run_sod(ctx, variant="SOD_BENCH_X_ARGS"),
+                  available=_sod_variant_available("SOD_BENCH_X_ARGS"), boots_own=True),
+    # A second experiment in the same run (A/B/C): sod with $SOD_BENCH_Y_ARGS.
+    "sod-y": Mode(lambda ctx: run_sod(ctx, variant="SOD_BENCH_Y_ARGS"),
+                  available=_sod_variant_available("SOD_BENCH_Y_ARGS"), boots_own=True),
+    "sod-noram-x": Mode(lambda ctx: run_sod(ctx, verify_ram=False, variant="SOD_BENCH_X_ARGS"),
+                        available=_sod_variant_available("SOD_BENCH_X_ARGS"), boots_own=True),
 }
 
 
