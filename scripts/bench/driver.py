@@ -614,7 +614,7 @@ def _sod_variant_available(env):
     return available
 
 
-def run_sod(ctx, verify_ram=True, variant=None):
+def run_sod(ctx, verify_ram=True, args_env=None):
     """sod end to end: sodd on hosta boots the guest (same kernel, initrd, memory and command line
     as the other modes), `sodctl migrate --json` moves it to hostb over sod's secure channel
     (TLS 1.3 session setup, records on 2 data channels, commit with transcript, signed receipt and
@@ -666,8 +666,8 @@ def run_sod(ctx, verify_ram=True, variant=None):
     if not verify_ram:
         cmd.append("--no-verify-ram")
     cmd += shlex.split(os.environ.get("SOD_BENCH_MIGRATE_ARGS", ""))  # experiments, e.g. --channels 1
-    if variant:  # the -x/-y modes: experiments interleaved with the plain sod modes
-        cmd += shlex.split(os.environ[variant])
+    if args_env:  # the -x/-y modes: experiments interleaved with the plain sod modes
+        cmd += shlex.split(os.environ[args_env])
     out_path = os.path.join(ctx.run_dir, "sod.out")
     with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
         t0 = ctx.mark_start()
@@ -717,14 +717,14 @@ MODES = {
     "sod-noram": Mode(lambda ctx: run_sod(ctx, verify_ram=False), available=sod_available,
                       boots_own=True),
     # Experiments: sod and sod-noram with the extra `sodctl migrate` arguments in
-    # $SOD_BENCH_X_ARGS (e.g. "--downtime-start 0"), interleaved with the modes above.
-    "sod-x": Mode(lambda ctx: run_sod(ctx, variant="SOD_BENCH_X_ARGS"),
+    # $SOD_BENCH_X_ARGS (e.g. "--downtime-start 0"), interleaved with the modes above; sod-y, a
+    # second experiment in the same run (A/B/C), with those in $SOD_BENCH_Y_ARGS.
+    "sod-x": Mode(lambda ctx: run_sod(ctx, args_env="SOD_BENCH_X_ARGS"),
                   available=_sod_variant_available("SOD_BENCH_X_ARGS"), boots_own=True),
-    # A second experiment in the same run (A/B/C): sod with $SOD_BENCH_Y_ARGS.
-    "sod-y": Mode(lambda ctx: run_sod(ctx, variant="SOD_BENCH_Y_ARGS"),
-                  available=_sod_variant_available("SOD_BENCH_Y_ARGS"), boots_own=True),
-    "sod-noram-x": Mode(lambda ctx: run_sod(ctx, verify_ram=False, variant="SOD_BENCH_X_ARGS"),
+    "sod-noram-x": Mode(lambda ctx: run_sod(ctx, verify_ram=False, args_env="SOD_BENCH_X_ARGS"),
                         available=_sod_variant_available("SOD_BENCH_X_ARGS"), boots_own=True),
+    "sod-y": Mode(lambda ctx: run_sod(ctx, args_env="SOD_BENCH_Y_ARGS"),
+                  available=_sod_variant_available("SOD_BENCH_Y_ARGS"), boots_own=True),
 }
 
 
