@@ -29,6 +29,7 @@ constexpr ErrcEntry kErrcNames[] = {
     {Errc::kInternal, "internal"},
     {Errc::kRefused, "refused"},
     {Errc::kAttestation, "attestation"},
+    {Errc::kCancelled, "cancelled"},
 };
 constexpr bool NamesInOrder() {
   for (size_t i = 0; i < std::size(kErrcNames); ++i)
@@ -36,7 +37,7 @@ constexpr bool NamesInOrder() {
   return true;
 }
 static_assert(NamesInOrder(), "kErrcNames must list every Errc in numeric order");
-static_assert(std::size(kErrcNames) == static_cast<size_t>(Errc::kAttestation) + 1,
+static_assert(std::size(kErrcNames) == static_cast<size_t>(Errc::kCancelled) + 1,
               "kErrcNames must cover every Errc");
 }  // namespace
 

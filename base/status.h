@@ -36,6 +36,7 @@ enum class Errc : uint16_t {
   kInternal = 17,        // a bug: an invariant of our own code broke
   kRefused = 18,         // policy or authorization refused the request
   kAttestation = 19,     // the peer's attestation evidence was refused (quote, PCRs, key, age)
+  kCancelled = 20,       // an admin cancelled the operation (e.g. `sodctl cancel`)
 };
 
 // Stable lowercase name of a code ("integrity", "sequence", ...).

@@ -129,7 +129,7 @@ void RegisterStatusOp(AdminServer& server, VmRegistry& registry, std::function<j
 }
 
 void RegisterMigrationPlaceholders(AdminServer& server) {
-  for (const char* op : {"migrate", "recover"}) {
+  for (const char* op : {"migrate", "migrate.cancel", "recover"}) {
     if (server.HasOp(op)) continue;
     server.Register(op, [op = std::string(op)](const json&, AdminEvents&) -> Result<json> {
       return Error(Errc::kUnsupported, op + ": no migration engine on this host yet");

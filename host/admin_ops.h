@@ -7,6 +7,7 @@
 //   status    {}                             -> {"host_id", "listen", "vms", "migrations", ...}
 //   migrate   {"name","to","port",...}       -> events, then the outcome   (migration engine)
 //   recover   {"name"}                       -> events, then the outcome   (migration engine)
+//   migrate.cancel {"name"}                  -> {"vm","phase","cancelled"} (migration engine)
 //
 // A VM object in replies: name, phase, pid, host_port, guest_port, memory_mb, vcpus, migration_id,
 // note, updated, leased, serial_log, qemu_log, qmp_socket, memory_file, spec, and run_state
@@ -41,7 +42,7 @@ void RegisterVmOps(AdminServer& server, VmRegistry& registry, VmSpecCheck check 
 void RegisterStatusOp(AdminServer& server, VmRegistry& registry,
                       std::function<nlohmann::json()> host_info);
 
-// Registers "migrate" and "recover" answering "unsupported: no migration engine on this host yet",
+// Registers "migrate", "migrate.cancel" and "recover" answering "unsupported: no migration engine on this host yet",
 // unless an op of that name is registered already. The migration engine replaces them with
 // AdminServer::Register (before Start) — see host/host_daemon.h.
 void RegisterMigrationPlaceholders(AdminServer& server);

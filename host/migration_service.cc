@@ -145,6 +145,7 @@ void MigrationService::Install() {
   d_.admin().Register("recover", [this](const json& req, AdminEvents& ev) {
     return Recover(req, ev);
   });
+  d_.admin().Register("migrate.cancel", [this](const json& req, AdminEvents&) { return Cancel(req); });
   d_.SetSessionHandler([this](std::unique_ptr<Session> s) { Serve(std::move(s)); });
 }
 
@@ -204,7 +205,29 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
   opts.migration_id = id;
   const std::string id_hex = MigrationIdHex(id);
 
+  // Cancellable ("migrate.cancel") once leased, until this function returns. Declared before
+  // the lease, so the entry goes only after the lease has settled the VM's phase.
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  struct Unregister {
+    MigrationService* s;
+    std::string name;
+    bool armed = false;
+    ~Unregister() {
+      if (!armed) return;
+      {
+        std::lock_guard<std::mutex> l(s->running_mu_);
+        s->running_.erase(name);
+      }
+      s->running_cv_.notify_all();
+    }
+  } unregister{this, name};
   SOD_ASSIGN_OR_RETURN(auto lease, d_.registry().LeaseForMigration(name, id_hex));
+  {
+    std::lock_guard<std::mutex> l(running_mu_);  // the lease makes the name unique here
+    running_[name] = cancel;
+    unregister.armed = true;
+  }
+  opts.cancel_requested = [cancel] { return cancel->load(); };
   // A vTPM moves to the next epoch; its key goes to the destination once that has attested.
   SecretBytes vtpm_key;
   if (lease->vm().spec().tpm) {
@@ -289,6 +312,30 @@ Result<json> MigrationService::MigrateVm(const json& req, const Emit& emit) {
     }
   }
   return Error(Errc::kInternal, "unknown migration outcome");
+}
+
+Result<json> MigrationService::Cancel(const json& req) {
+  SOD_RETURN_IF_ERROR(CheckRequestKeys(req, {"name"}));
+  SOD_ASSIGN_OR_RETURN(std::string name, RequestString(req, "name"));
+  {
+    std::unique_lock<std::mutex> l(running_mu_);
+    auto it = running_.find(name);
+    if (it == running_.end())
+      return Error(Errc::kNotFound, "no outgoing migration of VM " + name + " on this host");
+    it->second->store(true);
+    // An abort takes QEMU's migrate_cancel and a word to the destination; a migration past the
+    // pause commits (or ends in doubt) within its commit timeout.
+    const bool ended = running_cv_.wait_for(l, std::chrono::seconds(60),
+                                            [&] { return running_.count(name) == 0; });
+    if (!ended)
+      return Error(Errc::kTimeout, "the migration of VM " + name +
+                                       " was asked to cancel and has not ended after 60 s");
+  }
+  Result<VmInfo> info = d_.registry().Show(name);
+  const std::string phase = info.ok() ? std::string(VmPhaseName(info->record.phase)) : "";
+  const bool cancelled = phase == "running" || phase == "paused";
+  Audit("migration.cancel", {{"vm", name}, {"cancelled", cancelled}, {"phase", phase}});
+  return json{{"vm", name}, {"phase", phase}, {"cancelled", cancelled}};
 }
 
 Result<json> MigrationService::Recover(const json& req, AdminEvents& events) {

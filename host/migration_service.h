@@ -5,7 +5,9 @@
 //                max_bandwidth?, downtime_limit_ms?, downtime_start_ms?, converge_timeout_s?}
 //                streams "progress" events and ends with the outcome and, when committed, the
 //                signed receipt; admin op "recover" {name} resolves an in-doubt VM by asking its
-//                destination.
+//                destination; admin op "migrate.cancel" {name} cancels the VM's outgoing
+//                migration (any: an admin's or the policy agent's) if QEMU has not paused the VM
+//                for the switchover yet, waits until it ended, and says where the VM is.
 //   destination: the session handler serves offers (VMs coming in) and outcome queries.
 //
 // Every migration's start, session (source: the TLS session with the destination is up),
@@ -19,7 +21,9 @@
 // the registry's (thread-safe), the ledger's (thread-safe) and files per migration id.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -72,6 +76,7 @@ class MigrationService {
                    std::unique_ptr<FileOutcomeLedger> ledger)
       : d_(d), signer_(std::move(signer)), ledger_(std::move(ledger)) {}
   Result<nlohmann::json> Recover(const nlohmann::json& request, AdminEvents& events);
+  Result<nlohmann::json> Cancel(const nlohmann::json& request);
   void Serve(std::unique_ptr<Session> session);
   void Audit(std::string_view kind, const nlohmann::json& data);
   Status SaveReceipt(const SignedReceipt& r);
@@ -82,6 +87,11 @@ class MigrationService {
   PeerAttestation* attestation_ = nullptr;
   Admit admit_;
   EvacuationCheck evacuation_check_;
+  // Outgoing migrations in progress, by VM name: the flag their SourceOptions::cancel_requested
+  // reads. An entry is erased when its migration ends (running_cv_ is notified).
+  std::mutex running_mu_;
+  std::condition_variable running_cv_;
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> running_;  // by running_mu_
   std::mutex closed_mu_;
   std::map<std::string, std::chrono::steady_clock::time_point> last_closed_;  // by closed_mu_
 };

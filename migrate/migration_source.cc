@@ -344,6 +344,9 @@ Status SourceMigration::StreamUntilCompleted() {
     }
     SOD_RETURN_IF_ERROR(qmp.status());
     if (auto e = inbox_.PendingError()) return *e;
+    if (sm_.state() == SourceState::kStreaming && opts_.cancel_requested &&
+        opts_.cancel_requested())
+      return Error(Errc::kCancelled, "cancelled by this host's admin before the switchover");
     if (!pump_->error().ok()) {
       // The peer's reason (an abort record) usually follows a broken channel; prefer it.
       auto peer = inbox_.Next(std::chrono::milliseconds(500), "abort reason");

@@ -57,6 +57,11 @@ struct SourceOptions {
   uint64_t downtime_start_ms = 50;
   uint64_t max_bandwidth = 100ull << 30;  // QEMU's max-bandwidth (its default is 128 MiB/s)
   std::chrono::milliseconds converge_timeout = std::chrono::minutes(10);
+  // Polled while QEMU streams, before it pauses the VM (every 50 ms at most): true ends the
+  // migration as an admin's cancel (kCancelled): QEMU's migration is cancelled, the destination
+  // is told and discards what it got, the VM runs on here. From the pause on, the migration is
+  // committing and is not cancelled. Empty: never. Called on the migration's thread.
+  std::function<bool()> cancel_requested;
   std::chrono::milliseconds step_timeout = std::chrono::seconds(30);  // each peer answer
   // How long to wait for the answer to the commit before the migration is in doubt.
   std::chrono::milliseconds commit_timeout = std::chrono::seconds(30);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Migrations between two real sodd hosts on loopback, with a guest dirtying memory, and the
 # failures the migration issue names: kill -9 of the destination sodd, of the destination QEMU,
-# and of the source sodd, each mid-stream. After each: the VM runs on the source (its heartbeat
-# advances), nothing is left on the destination (no QEMU, no memory file, no VM record once its
-# sodd is back), and a restarted sodd settles what it finds. Then a clean migration commits.
+# and of the source sodd, each mid-stream; and an admin cancelling a migration mid-stream, with
+# `sodctl cancel` and with SIGTERM to `sodctl migrate`. After each: the VM runs on the source (its
+# heartbeat advances), nothing is left on the destination (no QEMU, no memory file, no VM record
+# once its sodd is back), and a restarted sodd settles what it finds. Then a clean migration
+# commits.
 #
 #   tests/sodd_migration_test.sh BUILD_DIR
 set -uo pipefail
@@ -101,7 +103,46 @@ grep -q '"migration.restart-resolution"' "$W/hosta/audit.log" &&
   ok "source sodd restarted: the audit log explains the resolution" ||
   fail "source sodd restarted: no restart resolution in the audit log"
 
-echo "== 4. a clean migration after all that (QEMU held to 200 ms from the start: no stepped target)"
+echo "== 4. an admin cancels mid-stream: sodctl cancel, then SIGTERM to sodctl migrate"
+"$SODCTL" --state-dir "$W/hosta" migrate guest --to hostb:$PORT_B --connect 127.0.0.1 \
+  --max-bandwidth 8 >"$W/migrate.out" 2>&1 &
+mpid=$!
+sleep 4
+if ctl hosta cancel guest >"$W/cancel.out" 2>&1; then
+  ok "sodctl cancel: $(cat "$W/cancel.out")"
+else
+  fail "sodctl cancel failed: $(cat "$W/cancel.out")"
+fi
+wait $mpid; rc=$?
+[ $rc -eq 1 ] && grep -aq "cancelled" "$W/migrate.out" &&
+  ok "sodctl migrate ended with exit 1: $(tail -1 "$W/migrate.out")" ||
+  fail "sodctl migrate after the cancel: exit $rc: $(cat "$W/migrate.out")"
+expect_source_healthy "cancelled"
+expect_destination_clean "cancelled"
+grep -q '"migration.cancel"' "$W/hosta/audit.log" && ok "cancelled: in hosta's audit log" ||
+  fail "cancelled: no migration.cancel in hosta's audit log"
+grep '"migration.abort"' "$W/hostb/audit.log" | tail -1 | grep -q cancelled &&
+  ok "cancelled: hostb aborted, for the reason the source gave" ||
+  fail "cancelled: hostb's last abort: $(grep '"migration.abort"' "$W/hostb/audit.log" | tail -1)"
+ctl hosta cancel guest >"$W/cancel.out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "no outgoing migration" "$W/cancel.out" &&
+  ok "sodctl cancel with nothing to cancel: exit 1: $(cat "$W/cancel.out")" ||
+  fail "sodctl cancel with nothing to cancel: exit $rc: $(cat "$W/cancel.out")"
+
+"$SODCTL" --state-dir "$W/hosta" migrate guest --to hostb:$PORT_B --connect 127.0.0.1 \
+  --max-bandwidth 8 >"$W/migrate.out" 2>&1 &
+mpid=$!
+sleep 4
+kill -TERM $mpid
+wait $mpid; rc=$?
+[ $rc -eq 1 ] && grep -aq "cancelling the migration of guest" "$W/migrate.out" &&
+  grep -aq "cancelled" "$W/migrate.out" &&
+  ok "SIGTERM: sodctl migrate cancelled it and waited: exit 1: $(tail -1 "$W/migrate.out")" ||
+  fail "SIGTERM to sodctl migrate: exit $rc: $(cat "$W/migrate.out")"
+expect_source_healthy "SIGTERM"
+expect_destination_clean "SIGTERM"
+
+echo "== 5. a clean migration after all that (QEMU held to 200 ms from the start: no stepped target)"
 if ctl hosta migrate guest --to hostb:$PORT_B --connect 127.0.0.1 --downtime-limit 200 \
     --downtime-start 0 >"$W/migrate.out" 2>&1; then
   ok "migration committed: $(grep -a 'total time' "$W/migrate.out" | xargs)"

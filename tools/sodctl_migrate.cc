@@ -1,9 +1,17 @@
-// sodctl migrate | recover: move a VM to another host over sod's secure channel, and resolve a
-// migration whose outcome is unknown (host/migration_service.h).
+// sodctl migrate | cancel | recover: move a VM to another host over sod's secure channel, cancel
+// a migration in progress, and resolve a migration whose outcome is unknown
+// (host/migration_service.h).
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "migrate/migration_source.h"
 #include "migrate/vm.h"
@@ -67,6 +75,60 @@ void PrintProgress(const json& e, bool tty) {
     std::cout << (tty ? "\r" : "") << line.str() << "\n";
 }
 
+// While `sodctl migrate` waits: the first SIGINT (Ctrl-C), SIGTERM or SIGHUP (unless ignored)
+// asks sodd to cancel the migration ("migrate.cancel": honoured until QEMU pauses the VM for the
+// switchover, after which the migration commits) and the command goes on waiting for the
+// outcome; a second one leaves at once (the migration then goes on in sodd; `sodctl cancel VM`
+// still reaches it).
+class CancelOnSignal {
+ public:
+  CancelOnSignal(const SoddTarget& sodd, std::string name) : sodd_(sodd), name_(std::move(name)) {
+    sigemptyset(&signals_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+      struct sigaction now{};
+      // Ignored (nohup, a background job of a script): the caller wants them to mean nothing.
+      if (sigaction(s, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+      sigaddset(&signals_, s);
+    }
+    pthread_sigmask(SIG_BLOCK, &signals_, &old_mask_);  // before the thread: it inherits the mask
+    watcher_ = std::thread([this] { Watch(); });
+  }
+  ~CancelOnSignal() {
+    done_ = true;
+    watcher_.join();
+    pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
+  }
+  CancelOnSignal(const CancelOnSignal&) = delete;
+  CancelOnSignal& operator=(const CancelOnSignal&) = delete;
+
+ private:
+  void Watch() {
+    bool asked = false;
+    while (!done_) {
+      timespec tick{0, 100 * 1000 * 1000};
+      const int sig = sigtimedwait(&signals_, nullptr, &tick);
+      if (sig <= 0) continue;
+      if (asked) {
+        std::cerr << "sodctl: not waiting any longer; if the migration of " << name_
+                  << " still runs, `sodctl cancel " << name_ << "` reaches it\n";
+        _exit(128 + sig);
+      }
+      asked = true;
+      std::cerr << "\nsodctl: " << strsignal(sig) << ": cancelling the migration of " << name_
+                << " (again to leave without waiting)\n";
+      Result<json> r = CallSodd(sodd_, {{"op", "migrate.cancel"}, {"name", name_}});
+      if (!r.ok()) std::cerr << "sodctl: cancel: " << r.status().ToString() << "\n";
+    }
+  }
+
+  const SoddTarget& sodd_;
+  const std::string name_;
+  sigset_t signals_{};
+  sigset_t old_mask_{};
+  std::atomic<bool> done_{false};
+  std::thread watcher_;
+};
+
 Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   json req = {{"op", "migrate"}, {"name", a.name}, {"suite", a.suite}, {"verify_ram", !a.no_verify_ram}};
   SOD_RETURN_IF_ERROR(AddHostPort(req, a.to, "--to"));
@@ -78,12 +140,15 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   if (a.downtime_start_ms >= 0) req["downtime_start_ms"] = a.downtime_start_ms;
   const bool tty = !a.json && isatty(fileno(stdout));
   std::vector<json> events;
-  Result<json> reply = CallSodd(sodd, req, [&](const json& e) {
-    if (a.json)
-      events.push_back(e);
-    else
-      PrintProgress(e, tty);
-  });
+  Result<json> reply = [&] {
+    CancelOnSignal cancel_on_signal(sodd, a.name);
+    return CallSodd(sodd, req, [&](const json& e) {
+      if (a.json)
+        events.push_back(e);
+      else
+        PrintProgress(e, tty);
+    });
+  }();
   if (tty) std::cout << "\n";
   if (!reply.ok()) return reply.status().WithContext("migrate " + a.name);
   if (a.json) {
@@ -125,6 +190,23 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
             << "\n";
   if (reply->contains("warning")) std::cout << "  warning       " << Text((*reply)["warning"]) << "\n";
   return Status::Ok();
+}
+
+Status RunCancel(const SoddTarget& sodd, const MigrateArgs& a) {
+  SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", "migrate.cancel"}, {"name", a.name}}));
+  if (a.json) {
+    PrintJson(reply);
+    return Status::Ok();
+  }
+  const std::string phase = reply.value("phase", "");
+  if (reply.value("cancelled", false)) {
+    std::cout << a.name << ": migration cancelled; the VM runs here (" << phase << ")\n";
+    return Status::Ok();
+  }
+  // Too late: QEMU had paused the VM for the switchover, the migration went on to its end.
+  std::cout << a.name << ": the migration was past its switchover and was not cancelled; the VM is "
+            << (phase.empty() ? std::string("no longer here") : phase + " here") << "\n";
+  return Error(Errc::kState, "migration of " + a.name + " not cancelled (past its switchover)");
 }
 
 Status RunRecover(const SoddTarget& sodd, const MigrateArgs& a) {
@@ -187,6 +269,18 @@ void AddMigrateCommands(CLI::App& app, std::shared_ptr<const SoddTarget> sodd,
       ->check(CLI::NonNegativeNumber);
   m->add_flag("--json", args->json, "Print the result, receipt and every event as JSON");
   m->callback([&action, sodd, args] { action = [sodd, args] { return RunMigrate(*sodd, *args); }; });
+
+  auto cargs = std::make_shared<MigrateArgs>();
+  CLI::App* c = app.add_subcommand(
+      "cancel",
+      "Cancel a VM's outgoing migration (started by `sodctl migrate` or the policy agent) if QEMU "
+      "has not yet paused the VM for the switchover: QEMU's migration is cancelled, the "
+      "destination discards what it received, the VM keeps running here. Waits until the "
+      "migration has ended. Ctrl-C on `sodctl migrate` does the same. Exit status 0: cancelled; "
+      "1: no migration of that VM, or too late (it committed or is in doubt).");
+  c->add_option("name", cargs->name, "VM name")->required()->type_name("VM");
+  c->add_flag("--json", cargs->json, "Print the result as JSON");
+  c->callback([&action, sodd, cargs] { action = [sodd, cargs] { return RunCancel(*sodd, *cargs); }; });
 
   auto rargs = std::make_shared<MigrateArgs>();
   CLI::App* r = app.add_subcommand(
