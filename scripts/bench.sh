@@ -31,6 +31,10 @@
 #   --accel tcg|kvm      default tcg (-cpu qemu64); kvm only where it is known to work
 #   --perf               profile every migration window system-wide with `perf record -a` (needs
 #                        linux-perf; adds load): runs/*/perf.data, perf-comm.txt, perf-sym.txt
+#   --pin-hosts          the source side's processes on CPU 0, the destination's on CPU 1 (plain/TLS:
+#                        each QEMU; sod: each sodd and the QEMUs it starts): two 1-core "hosts"
+#                        that each pay their own costs, as two machines would, instead of both
+#                        sharing both cores
 #   --out DIR            output directory (default out/bench/<UTC timestamp> in the repo)
 #   --report DIR         only regenerate DIR/table.md, DIR/plot.svg, DIR/summary.json from
 #                        DIR/results.json
@@ -64,7 +68,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --out=*) out=${1#--out=} ;;
     --report) report=$2; shift ;;
-    --quick|--perf) pass+=("$1") ;;
+    --quick|--perf|--pin-hosts) pass+=("$1") ;;
     --reps|--mem|--modes|--workloads|--workload|--limit|--max-limit|--warmup|--poll-ms|\
     --max-bandwidth|--downtime-limit|--pattern-mb|--accel)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }

@@ -155,7 +155,8 @@ class VM:
                 logf.write(" ".join(shlex.quote(x) for x in self.args) + "\n")
                 logf.flush()
                 self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=logf,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=host_cpu_pinning(self.cfg, self.name))
             self.pid = self.proc.pid
             LIVE_VMS.append(self)
             with open(os.path.join(self.cfg.out_dir, ".qemu-pids"), "a") as f:
@@ -477,6 +478,11 @@ def qemu_native_migrate(ctx, tls):
                 break
             time.sleep(0.02)
         res.update(st)
+        # QEMU's total time ends when the source has sent everything; the VM runs at the
+        # destination once that QEMU has loaded it all (its RESUME event): the point sod's total
+        # time ends at (its commit is acknowledged after the destination resumed the VM).
+        ev = dst.wait_event(lambda e: e.get("event") == "RESUME", timeout=10, since=t0)
+        res["dst_running_s"] = round(ev[0] - t0, 3) if ev else None
     else:
         # cancelled/failed: query-migrate no longer carries RAM stats; keep the last sample
         res.update({k: last.get(k) for k in ("bytes", "ram_total", "rounds", "mbps", "total_time_ms")})
@@ -534,7 +540,8 @@ class _SodHosts:
                  f"127.0.0.1:{self.ports[h]}", "--tls-dir", pki, "--forward-ports",
                  f"{self.fwd[h]}-{self.fwd[h]}", "--qemu", cfg.qemu, "--simulated-tpm",
                  "--enrollments", enrollments],
-                stdout=err, stderr=err, start_new_session=True)
+                stdout=err, stderr=err, start_new_session=True,
+                preexec_fn=host_cpu_pinning(cfg, "src" if h == "hosta" else "dst"))
             deadline = time.monotonic() + 15
             while subprocess.run(self.ctl(h, "status"), capture_output=True).returncode != 0:
                 if time.monotonic() > deadline or self.procs[h].poll() is not None:
@@ -614,6 +621,16 @@ def _sod_variant_available(env):
     return available
 
 
+def host_cpu_pinning(cfg, side):
+    """--pin-hosts: the source host's processes (its QEMU; for sod also its sodd, whose QEMUs
+    inherit the mask) on CPU 0, the destination's on CPU 1, so each of the two "hosts" pays its own
+    costs on its own core, as two machines would. None (no pinning) otherwise."""
+    if not cfg.pin_hosts:
+        return None
+    cpu = 0 if side == "src" else 1
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def run_sod(ctx, verify_ram=True, args_env=None):
     """sod end to end: sodd on hosta boots the guest (same kernel, initrd, memory and command line
     as the other modes), `sodctl migrate --json` moves it to hostb over sod's secure channel
@@ -676,7 +693,7 @@ def run_sod(ctx, verify_ram=True, args_env=None):
             rc = p.wait(ctx.limit_s)
             status = "completed" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGTERM)  # sodctl goes; sodd aborts: the VM stays at hosta
+            os.killpg(p.pid, signal.SIGTERM)  # sodctl has sodd cancel it: the VM stays at hosta
             p.wait()
             status = "cancelled"
         t_end = time.monotonic()
@@ -696,6 +713,7 @@ def run_sod(ctx, verify_ram=True, args_env=None):
                    ram_pages_repaired=sm.get("ram_pages_repaired"))
         if res["converged"] and sm.get("total_s"):
             res["t_end"] = t0 + sm["total_s"]
+            res["dst_running_s"] = sm["total_s"]  # the destination resumed the VM before its ack
     except (OSError, ValueError) as e:
         with open(os.path.join(ctx.run_dir, "sod.err")) as f:
             res["error_desc"] = f.read().strip()[-500:] or str(e)
@@ -949,6 +967,7 @@ def parse_args(argv):
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--pause", type=float, default=1.0)
     ap.add_argument("--perf", action="store_true")
+    ap.add_argument("--pin-hosts", action="store_true")
     cfg = ap.parse_args(argv)
     cfg.reps = cfg.reps or (1 if cfg.quick else 3)
     cfg.mem = cfg.mem or (512 if cfg.quick else 1024)
@@ -1018,7 +1037,7 @@ def main(argv):
             "workload_order": cfg.workload_order,
             "default_limit_s": cfg.limit, "warmup_s": cfg.warmup, "poll_ms": cfg.poll_ms,
             "max_bandwidth_bytes_s": cfg.max_bandwidth, "downtime_limit_ms": cfg.downtime_limit,
-            "pattern_mb": cfg.pattern_mb, "guest_dir": cfg.guest_dir,
+            "pattern_mb": cfg.pattern_mb, "guest_dir": cfg.guest_dir, "pin_hosts": cfg.pin_hosts,
             "base_cmdline": cfg.base_cmdline, "tls_hostname": TLS_HOSTNAME,
             "tls": "tls-creds-x509, RSA-2048 throwaway CA/server/client certs, verify-peer=on both sides",
         },
