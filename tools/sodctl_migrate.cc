@@ -192,29 +192,30 @@ Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
   return Status::Ok();
 }
 
+// An op on one VM by name; with --json its reply is printed as sodd sent it.
+Result<json> CallForVm(const SoddTarget& sodd, std::string_view op, const MigrateArgs& a) {
+  SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", std::string(op)}, {"name", a.name}}));
+  if (a.json) PrintJson(reply);
+  return reply;
+}
+
 Status RunCancel(const SoddTarget& sodd, const MigrateArgs& a) {
-  SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", "migrate.cancel"}, {"name", a.name}}));
-  if (a.json) {
-    PrintJson(reply);
-    return Status::Ok();
-  }
+  SOD_ASSIGN_OR_RETURN(json reply, CallForVm(sodd, "migrate.cancel", a));
   const std::string phase = reply.value("phase", "");
   if (reply.value("cancelled", false)) {
-    std::cout << a.name << ": migration cancelled; the VM runs here (" << phase << ")\n";
+    if (!a.json) std::cout << a.name << ": migration cancelled; the VM runs here (" << phase << ")\n";
     return Status::Ok();
   }
   // Too late: QEMU had paused the VM for the switchover, the migration went on to its end.
-  std::cout << a.name << ": the migration was past its switchover and was not cancelled; the VM is "
-            << (phase.empty() ? std::string("no longer here") : phase + " here") << "\n";
+  if (!a.json)
+    std::cout << a.name << ": the migration was past its switchover and was not cancelled; the VM is "
+              << (phase.empty() ? std::string("no longer here") : phase + " here") << "\n";
   return Error(Errc::kState, "migration of " + a.name + " not cancelled (past its switchover)");
 }
 
 Status RunRecover(const SoddTarget& sodd, const MigrateArgs& a) {
-  SOD_ASSIGN_OR_RETURN(json reply, CallSodd(sodd, {{"op", "recover"}, {"name", a.name}}));
-  if (a.json) {
-    PrintJson(reply);
-    return Status::Ok();
-  }
+  SOD_ASSIGN_OR_RETURN(json reply, CallForVm(sodd, "recover", a));
+  if (a.json) return Status::Ok();
   const std::string outcome = reply.value("outcome", "");
   std::cout << a.name << ": migration " << Text(reply["migration_id"]) << " "
             << (outcome == "committed" ? "had committed: the VM runs at the destination; the copy "
