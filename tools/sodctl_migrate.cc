@@ -96,6 +96,7 @@ class CancelOnSignal {
   ~CancelOnSignal() {
     done_ = true;
     watcher_.join();
+    if (canceller_.joinable()) canceller_.join();  // sodd answers once the migration ended
     pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
   }
   CancelOnSignal(const CancelOnSignal&) = delete;
@@ -116,8 +117,12 @@ class CancelOnSignal {
       asked = true;
       std::cerr << "\nsodctl: " << strsignal(sig) << ": cancelling the migration of " << name_
                 << " (again to leave without waiting)\n";
-      Result<json> r = CallSodd(sodd_, {{"op", "migrate.cancel"}, {"name", name_}});
-      if (!r.ok()) std::cerr << "sodctl: cancel: " << r.status().ToString() << "\n";
+      // On its own thread: sodd answers only when the migration has ended, and a second signal
+      // must still be seen meanwhile.
+      canceller_ = std::thread([this] {
+        Result<json> r = CallSodd(sodd_, {{"op", "migrate.cancel"}, {"name", name_}});
+        if (!r.ok()) std::cerr << "sodctl: cancel: " << r.status().ToString() << "\n";
+      });
     }
   }
 
@@ -127,6 +132,7 @@ class CancelOnSignal {
   sigset_t old_mask_{};
   std::atomic<bool> done_{false};
   std::thread watcher_;
+  std::thread canceller_;  // started by the watcher, joined after it
 };
 
 Status RunMigrate(const SoddTarget& sodd, const MigrateArgs& a) {
