@@ -322,11 +322,14 @@ Result<json> MigrationService::Cancel(const json& req) {
     auto it = running_.find(name);
     if (it == running_.end())
       return Error(Errc::kNotFound, "no outgoing migration of VM " + name + " on this host");
-    it->second->store(true);
+    const std::shared_ptr<std::atomic<bool>> flag = it->second;  // this migration's, not a later one's
+    flag->store(true);
     // An abort takes QEMU's migrate_cancel and a word to the destination; a migration past the
     // pause commits (or ends in doubt) within its commit timeout.
-    const bool ended = running_cv_.wait_for(l, std::chrono::seconds(60),
-                                            [&] { return running_.count(name) == 0; });
+    const bool ended = running_cv_.wait_for(l, std::chrono::seconds(60), [&] {
+      auto now = running_.find(name);
+      return now == running_.end() || now->second != flag;
+    });
     if (!ended)
       return Error(Errc::kTimeout, "the migration of VM " + name +
                                        " was asked to cancel and has not ended after 60 s");
