@@ -41,6 +41,7 @@
 #include "migrate/ram_stream.h"
 #include "migrate/record.h"
 #include "migrate/record_io.h"
+#include "migrate/session.h"
 #include "migrate/socket.h"
 #include "migrate/stream_pump.h"
 #include "migrate/uring.h"
@@ -175,8 +176,9 @@ Sample RunSod(const Bytes& stream, uint64_t ram_bytes, size_t channels, bool fol
   std::vector<RecordReader*> r;
   for (uint32_t ch = 1; ch <= channels; ++ch) {
     links.push_back(TcpPair());
-    Must(TuneForBulk(links.back().first.get()), "tune");
-    Must(TuneForBulk(links.back().second.get()), "tune");
+    // As a session tunes its data channels (SessionOptions::data_channel_buffer).
+    Must(TuneForBulk(links.back().first.get(), true, kDefaultDataChannelBuffer), "tune");
+    Must(TuneForBulk(links.back().second.get(), false, kDefaultDataChannelBuffer), "tune");
     queues.push_back(MakeQueue(links.back().first.get(), path));
     streams.push_back(Must(MakeStream(links.back().second.get(),
                                       path == SendPath::kPosix ? IoBackend::kPosix : IoBackend::kAuto),

@@ -85,6 +85,7 @@ Result<std::unique_ptr<HostDaemon>> HostDaemon::Create(HostDaemonConfig config,
   }
   d->session_options_.suites = {Suite::kAes256Gcm, Suite::kHmacSha256};
   d->session_options_.data_channels = c.data_channels;
+  d->session_options_.data_channel_buffer = static_cast<size_t>(c.data_channel_buffer_kib) << 10;
   d->session_options_.io = c.io;
 
   VmRegistry::Options ro;
@@ -160,6 +161,7 @@ json HostDaemon::HostInfo() const {
           {"forward_ports", PortRangeToString(config_.forward_ports)},
           {"qemu", config_.qemu_binary},
           {"data_channels", config_.data_channels},
+          {"data_channel_buffer_kib", config_.data_channel_buffer_kib},
           {"io", std::string(IoBackendName(config_.io))},
           {"uptime_s", uptime.count()},
           {"incoming_sessions", sessions}};

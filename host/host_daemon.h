@@ -60,6 +60,9 @@ struct HostDaemonConfig {
   PortRange forward_ports;
   std::string qemu_binary = "qemu-system-x86_64";
   uint16_t data_channels = 2;  // the most an incoming session is granted
+  // Each data channel's socket buffer, KiB, fixed (SessionOptions::data_channel_buffer); 0: the
+  // kernel's autotuning.
+  uint64_t data_channel_buffer_kib = kDefaultDataChannelBuffer / 1024;
   IoBackend io = IoBackend::kAuto;
   size_t max_incoming_sessions = 2;
   std::chrono::milliseconds quit_grace{10000};

@@ -195,7 +195,7 @@ Result<std::unique_ptr<Session>> Session::Connect(TlsContext& tls, std::string_v
     const std::string what = "data channel " + std::to_string(ch) + " to " + where;
     DataChannel d;
     SOD_ASSIGN_OR_RETURN(d.fd, ConnectTcp(host, port, options.timeout));
-    SOD_RETURN_IF_ERROR(TuneForBulk(d.fd.get()));
+    SOD_RETURN_IF_ERROR(TuneForBulk(d.fd.get(), true, options.data_channel_buffer));
     SOD_RETURN_IF_ERROR(SetIoTimeouts(d.fd.get(), options.timeout));
     SocketStream join(d.fd.get());
     Status js = JoinDataChannel(join, s->keys_, ch);
@@ -214,7 +214,7 @@ Status Session::AddResponderChannel(UniqueFd fd, std::unique_ptr<ByteStream> joi
   join_stream.reset();  // it borrowed the fd and holds no buffered bytes
   DataChannel& d = data_[hello.channel - 1];
   d.fd = std::move(fd);
-  SOD_RETURN_IF_ERROR(TuneForBulk(d.fd.get()));
+  SOD_RETURN_IF_ERROR(TuneForBulk(d.fd.get(), false, options_.data_channel_buffer));
   SOD_ASSIGN_OR_RETURN(d.stream, MakeStream(d.fd.get(), options_.io));
   SOD_ASSIGN_OR_RETURN(
       d.reader,

@@ -32,6 +32,8 @@
 
 namespace sod {
 
+inline constexpr size_t kDefaultDataChannelBuffer = 512 * 1024;
+
 struct SessionOptions {
   // Initiator: the suites it offers, in preference order. Responder: the suites it accepts.
   std::vector<Suite> suites = {Suite::kAes256Gcm};
@@ -41,6 +43,10 @@ struct SessionOptions {
   // Deadline for connecting, the TLS handshake, the hello exchange, each data-channel join, and
   // each later read or write (a peer silent for longer ends the session with kTimeout).
   std::chrono::milliseconds timeout{10000};
+  // Each data channel's socket buffer in the direction it carries (initiator: send, responder:
+  // receive), fixed; 0 leaves it to the kernel's autotuning (here up to 4 MiB sending and 32 MiB
+  // receiving, which let a destination QEMU fall ~0.5 s of loading behind; PROTOCOL.md "Stream").
+  size_t data_channel_buffer = kDefaultDataChannelBuffer;
 };
 
 enum class SessionRole { kInitiator, kResponder };

@@ -277,10 +277,17 @@ Status SetIoTimeouts(int fd, std::chrono::milliseconds timeout) {
   return Status::Ok();
 }
 
-Status TuneForBulk(int fd) {
+Status TuneForBulk(int fd, bool sending, size_t buffer_bytes) {
   int one = 1;
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
     return Error(Errc::kIo, "TCP_NODELAY on " + PeerAddress(fd) + ": " + ErrnoText(errno));
+  }
+  if (buffer_bytes != 0) {
+    const int size = static_cast<int>(std::min<size_t>(buffer_bytes, INT32_MAX / 2));
+    const int opt = sending ? SO_SNDBUF : SO_RCVBUF;
+    if (setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size)) != 0)
+      return Error(Errc::kIo, std::string(sending ? "SO_SNDBUF" : "SO_RCVBUF") + " on " +
+                                  PeerAddress(fd) + ": " + ErrnoText(errno));
   }
   return Status::Ok();
 }

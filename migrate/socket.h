@@ -54,10 +54,12 @@ std::string PeerAddress(int fd);
 // io_uring transports read them once when they are created (see uring.h).
 Status SetIoTimeouts(int fd, std::chrono::milliseconds timeout);
 
-// Tunes a TCP data channel: TCP_NODELAY. Buffer sizes stay with the kernel's autotuning on
-// purpose: fixed 4 MiB buffers let the destination fall far behind the source (PROTOCOL.md,
-// "Stream") and bought no throughput (transport_bench: zero-copy sends ~5.5 GB/s either way).
-Status TuneForBulk(int fd);
+// Tunes a TCP data channel: TCP_NODELAY, and, when `buffer_bytes` is not 0, the buffer of the
+// direction the channel carries (`sending`: SO_SNDBUF, else SO_RCVBUF) fixed at that size, which
+// ends the kernel's autotuning of it. A migration's data channels bound them: every byte queued
+// between the two QEMUs is work the destination QEMU still has to do after the source pauses, and
+// a zero page is ~9 bytes of stream (PROTOCOL.md, "Stream").
+Status TuneForBulk(int fd, bool sending = true, size_t buffer_bytes = 0);
 
 // Maps the errno `err` of a socket operation to a Status whose message is "<what> <peer>: <errno
 // text>": EAGAIN (an SO_RCVTIMEO/SO_SNDTIMEO deadline) is kTimeout; ECONNRESET, EPIPE, ENOTCONN,

@@ -242,6 +242,28 @@ TEST(SocketTest, TuneForBulkSetsNoDelay) {
   EXPECT_NE(v, 0);
 }
 
+TEST(SocketTest, TuneForBulkFixesTheCarriedDirectionsBuffer) {
+  Pair p = Connect();
+  auto get = [](int fd, int opt) {
+    int v = 0;
+    socklen_t len = sizeof(v);
+    EXPECT_EQ(getsockopt(fd, SOL_SOCKET, opt, &v, &len), 0);
+    return v;
+  };
+  const int rcv_before = get(p.server.get(), SO_RCVBUF);
+  ASSERT_TRUE(TuneForBulk(p.client.get(), true, 96 * 1024).ok());
+  ASSERT_TRUE(TuneForBulk(p.server.get(), false, 80 * 1024).ok());
+  // Linux doubles the value for its bookkeeping.
+  EXPECT_EQ(get(p.client.get(), SO_SNDBUF), 2 * 96 * 1024);
+  EXPECT_EQ(get(p.server.get(), SO_RCVBUF), 2 * 80 * 1024);
+  // 0: left to the kernel.
+  Pair q = Connect();
+  const int snd_default = get(q.client.get(), SO_SNDBUF);
+  ASSERT_TRUE(TuneForBulk(q.client.get(), true, 0).ok());
+  EXPECT_EQ(get(q.client.get(), SO_SNDBUF), snd_default);
+  EXPECT_NE(rcv_before, 2 * 80 * 1024);
+}
+
 TEST(SocketTest, SetIoTimeoutsRejectsNegative) {
   Pair p = Connect();
   EXPECT_EQ(SetIoTimeouts(p.client.get(), milliseconds(-1)).code(), Errc::kInvalidArgument);

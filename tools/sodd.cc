@@ -124,6 +124,12 @@ int Run(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 16))
       ->type_name("N");
+  app.add_option("--data-channel-buffer", config.data_channel_buffer_kib,
+                 "Each data channel's socket buffer, KiB, fixed (bounds the stream queued between "
+                 "the two QEMUs); 0: the kernel's autotuning, for long fat links")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 20))
+      ->type_name("KIB");
   app.add_option("--io", io, "Data channel I/O: auto, uring or posix")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "uring", "posix"}));
