@@ -284,8 +284,13 @@ Status TuneForBulk(int fd, bool sending, size_t buffer_bytes) {
   }
   if (buffer_bytes != 0) {
     const int size = static_cast<int>(std::min<size_t>(buffer_bytes, INT32_MAX / 2));
+    // The FORCE variants (CAP_NET_ADMIN, which sodd has as root) are not capped at
+    // net.core.wmem_max / rmem_max (Debian's default: 208 KiB); without the capability the size
+    // is capped there.
+    const int force = sending ? SO_SNDBUFFORCE : SO_RCVBUFFORCE;
     const int opt = sending ? SO_SNDBUF : SO_RCVBUF;
-    if (setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size)) != 0)
+    if (setsockopt(fd, SOL_SOCKET, force, &size, sizeof(size)) != 0 &&
+        (errno != EPERM || setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size)) != 0))
       return Error(Errc::kIo, std::string(sending ? "SO_SNDBUF" : "SO_RCVBUF") + " on " +
                                   PeerAddress(fd) + ": " + ErrnoText(errno));
   }
