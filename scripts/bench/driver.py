@@ -371,6 +371,7 @@ class RunContext:
         if self.cfg.perf and not self.perf:
             self.start_perf()
         self.t0 = time.monotonic()
+        self.t0_unix = time.time()  # for times other processes give in Unix time (sod's receipt)
         return self.t0
 
     def start_perf(self):
@@ -713,7 +714,14 @@ def run_sod(ctx, verify_ram=True, args_env=None):
                    ram_pages_repaired=sm.get("ram_pages_repaired"))
         if res["converged"] and sm.get("total_s"):
             res["t_end"] = t0 + sm["total_s"]
-            res["dst_running_s"] = sm["total_s"]  # the destination resumed the VM before its ack
+            # On this run's clock, as plain's RESUME event: the receipt's switchover (the source
+            # QEMU's STOP) plus sod's stop -> destination resume, both from the hosts' clocks.
+            # (sm["total_s"] counts from sodd's session start, which comes after sodctl's start
+            # and its TLS handshake: tens of ms after t0.)
+            stop_ms = reply.get("receipt", {}).get("switchover_unix_ms")
+            if stop_ms and sm.get("downtime_ms") is not None:
+                res["dst_running_s"] = round((stop_ms + sm["downtime_ms"]) / 1000 - ctx.t0_unix, 3)
+                res["src_paused_s"] = round(stop_ms / 1000 - ctx.t0_unix, 3)
     except (OSError, ValueError) as e:
         with open(os.path.join(ctx.run_dir, "sod.err")) as f:
             res["error_desc"] = f.read().strip()[-500:] or str(e)
@@ -1040,6 +1048,10 @@ def main(argv):
             "pattern_mb": cfg.pattern_mb, "guest_dir": cfg.guest_dir, "pin_hosts": cfg.pin_hosts,
             "base_cmdline": cfg.base_cmdline, "tls_hostname": TLS_HOSTNAME,
             "tls": "tls-creds-x509, RSA-2048 throwaway CA/server/client certs, verify-peer=on both sides",
+            # The experiments' `sodctl migrate` arguments (sod modes; -x and -y modes).
+            "sod_migrate_args": {k: os.environ[k] for k in
+                                 ("SOD_BENCH_MIGRATE_ARGS", "SOD_BENCH_X_ARGS", "SOD_BENCH_Y_ARGS")
+                                 if os.environ.get(k)},
         },
         "runs": [],
     }
