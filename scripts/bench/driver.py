@@ -719,7 +719,7 @@ def run_sod(ctx, verify_ram=True, args_env=None):
             # (sm["total_s"] counts from sodd's session start, which comes after sodctl's start
             # and its TLS handshake: tens of ms after t0.)
             stop_ms = reply.get("receipt", {}).get("switchover_unix_ms")
-            if stop_ms and sm.get("downtime_ms") is not None:
+            if stop_ms and sm.get("downtime_ms"):  # 0: no STOP event seen, resume unknown
                 res["dst_running_s"] = round((stop_ms + sm["downtime_ms"]) / 1000 - ctx.t0_unix, 3)
                 res["src_paused_s"] = round(stop_ms / 1000 - ctx.t0_unix, 3)
     except (OSError, ValueError) as e:

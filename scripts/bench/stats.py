@@ -172,10 +172,12 @@ def table_md(doc, summary):
     lines.append("Notes:")
     lines.append("- Total time: host clock from the `migrate` command to the source's MIGRATION "
                  "`completed` event (the source has sent everything; sod: its session start to the "
-                 "acknowledged commit). Running at destination: from the same start until the VM "
-                 "runs at the destination (plain/TLS: the destination QEMU's RESUME event, after it "
-                 "loaded the whole stream; sod: the acknowledged commit, which the destination sends "
-                 "after resuming the VM), the like-for-like end of a migration. QEMU downtime: "
+                 "acknowledged commit). Running at destination: from the bench's start of the "
+                 "migration (sod: of `sodctl migrate`) until the VM runs at the destination "
+                 "(plain/TLS: the destination QEMU's RESUME event, after it loaded the whole stream; "
+                 "sod: the destination's resume as its acknowledgement reports it, placed on the "
+                 "bench's clock through the receipt's switchover time), the like-for-like end of a "
+                 "migration. QEMU downtime: "
                  "`query-migrate` → `downtime`. RAM sent: `ram.transferred`. Rounds: "
                  "`ram.dirty-sync-count`. MB/s = RAM sent / total time.")
     lines.append(f"- Client-visible downtime: a host client opens a TCP connection every "
