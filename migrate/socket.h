@@ -56,9 +56,10 @@ Status SetIoTimeouts(int fd, std::chrono::milliseconds timeout);
 
 // Tunes a TCP data channel: TCP_NODELAY, and, when `buffer_bytes` is not 0, the buffer of the
 // direction the channel carries (`sending`: SO_SNDBUF, else SO_RCVBUF) fixed at that size, which
-// ends the kernel's autotuning of it (without CAP_NET_ADMIN, at most net.core.wmem_max/rmem_max). A migration's data channels bound them: every byte queued
-// between the two QEMUs is work the destination QEMU still has to do after the source pauses, and
-// a zero page is ~9 bytes of stream (PROTOCOL.md, "Stream").
+// ends the kernel's autotuning of it (without CAP_NET_ADMIN, at most net.core.wmem_max/rmem_max).
+// A migration's data channels bound them: every byte queued between the two QEMUs is work the
+// destination QEMU still has to do after the source pauses, and a zero page is ~9 bytes of stream
+// (PROTOCOL.md, "Stream").
 Status TuneForBulk(int fd, bool sending = true, size_t buffer_bytes = 0);
 
 // Maps the errno `err` of a socket operation to a Status whose message is "<what> <peer>: <errno
