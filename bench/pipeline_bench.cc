@@ -13,19 +13,24 @@
 //
 // The stream is a QEMU 7.2 precopy stream of one RAM pass: every page of a RAM block as a PAGE
 // record with non-repeating contents (the shape of a busy guest's later passes, which are what
-// the downtime consists of), then the device state. All threads are in this process, so the
-// process's CPU time (getrusage) is the whole cost of moving the stream, both hosts together.
+// the downtime consists of), then the device state. "Source QEMU" writes it in 256 KiB pieces,
+// "destination QEMU" reads it as QEMU does (non-blocking, 32 KiB reads, poll when empty). All
+// threads are in this process, so the process's CPU time (getrusage) is the whole cost of moving
+// the stream, both hosts together.
 // Modes run interleaved, repeated; the summary gives medians.
 //
 //   pipeline_bench [--mb RAM_MIB] [--reps N] [--channels N] [--modes tcp,sod,sod-ram]
 //                  [--send zc|copy|posix]
 // --send: the data channels' send path: zc = what a session picks (MakeSendQueue: io_uring
 // zero-copy sends where the kernel has them), copy = io_uring plain sends, posix = send(2).
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -52,6 +57,7 @@ namespace {
 
 constexpr size_t kPage = 4096;
 constexpr size_t kWritePiece = 256 * 1024;  // QEMU flushes its buffer and page iovecs in pieces
+constexpr size_t kQemuReadPiece = 32 * 1024;  // the incoming QEMU's buffer
 
 struct Sample {
   double wall_s = 0;
@@ -123,11 +129,21 @@ void WriteStream(int fd, const Bytes& stream) {
   }
 }
 
+// Reads as the incoming QEMU 7.2 does: a non-blocking fd, its 32 KiB buffer (IO_BUF_SIZE) per
+// read, and a wait in poll (its main loop) when nothing is there.
 uint64_t DrainStream(int fd) {
-  std::vector<uint8_t> buf(kWritePiece);
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) Die("O_NONBLOCK on the stream");
+  std::vector<uint8_t> buf(kQemuReadPiece);
   uint64_t total = 0;
   for (;;) {
     const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EAGAIN) {
+      pollfd p{fd, POLLIN, 0};
+      (void)::poll(&p, 1, -1);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
     if (n < 0) Die("read of the stream failed");
     if (n == 0) return total;
     total += static_cast<uint64_t>(n);

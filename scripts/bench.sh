@@ -4,7 +4,8 @@
 # Usage: scripts/bench.sh [options]
 #   --quick              smoke test: 1 repetition, 512 MiB guest, 'max' limited to 20 s (~2 min here;
 #                        the default full run, 24 runs, took ~8 min)
-#   --reps N             repetitions (default 3); modes are interleaved inside each repetition
+#   --reps N             repetitions (default 3); modes are interleaved inside each repetition,
+#                        in a fresh (seeded) order for each repetition and workload after the first
 #   --mem MIB            guest RAM (default 1024; --quick 512)
 #   --modes LIST         comma list of plain,tls,sod,sod-noram (default: all four). sod: two sodd
 #                        hosts on loopback (built here if missing, in $SOD_BUILD_DIR or build/), the
@@ -46,7 +47,9 @@
 # hook command; its contract is in scripts/bench/driver.py, run_sod()), SOD_BENCH_MIGRATE_ARGS (extra
 # `sodctl migrate` arguments for sod modes, for experiments, e.g. "--channels 1"), SOD_BENCH_X_ARGS
 # (the extra arguments of the sod-x and sod-noram-x modes, e.g. "--downtime-start 0": an A/B
-# interleaved with the other modes in one run), SOD_BENCH_Y_ARGS (the same for sod-y).
+# interleaved with the other modes in one run), SOD_BENCH_Y_ARGS (the same for sod-y),
+# SOD_BENCH_X_SODD_ARGS / SOD_BENCH_Y_SODD_ARGS (extra `sodd` arguments of those modes, e.g.
+# "--data-channel-buffer 1024": they run on a host pair of their own, started with them).
 # Needs root only to install missing packages (qemu-system-x86, openssl, python3) and to build the
 # guest the first time. All traffic stays on 127.0.0.1. Both QEMUs of a run are killed and their
 # memory files in /dev/shm deleted after every run, and on errors or Ctrl-C.

@@ -22,6 +22,7 @@ import atexit
 import os
 import platform
 import re
+import random
 import shlex
 import shutil
 import signal
@@ -517,15 +518,17 @@ def _sod_binaries():
 class _SodHosts:
     """Two sodd hosts on loopback for the whole bench invocation (hosta -> hostb), each with a
     one-port forward range, so the guest service's port on both hosts is known in advance. Both
-    attest (simulated TPMs, enrolled in a shared directory), as in production."""
+    attest (simulated TPMs, enrolled in a shared directory), as in production. `sodd_args`: extra
+    sodd arguments of both hosts (an experiment's pair, `index` > 0, has its own directory and
+    ports)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, sodd_args=(), index=0):
         self.sodd, self.sodctl = _sod_binaries()
-        self.dir = os.path.join(cfg.out_dir, "sod")
+        self.dir = os.path.join(cfg.out_dir, "sod" if index == 0 else f"sod-{index}")
         self.ports = {"hosta": free_port(), "hostb": free_port()}
         # Forward ports below the kernel's ephemeral range, which free_port() (the other modes'
         # hostfwd ports) draws from: a clash would leave sodd without its only forward port.
-        base = 20000 + (os.getpid() % 4000) * 2
+        base = 20000 + (os.getpid() % 1000) * 8 + index * 2
         self.fwd = {"hosta": base, "hostb": base + 1}
         self.procs = {}
         pki = os.path.join(self.dir, "pki")
@@ -540,7 +543,7 @@ class _SodHosts:
                 [self.sodd, "--host-id", h, "--state-dir", self.state(h), "--listen",
                  f"127.0.0.1:{self.ports[h]}", "--tls-dir", pki, "--forward-ports",
                  f"{self.fwd[h]}-{self.fwd[h]}", "--qemu", cfg.qemu, "--simulated-tpm",
-                 "--enrollments", enrollments],
+                 "--enrollments", enrollments, *sodd_args],
                 stdout=err, stderr=err, start_new_session=True,
                 preexec_fn=host_cpu_pinning(cfg, "src" if h == "hosta" else "dst"))
             deadline = time.monotonic() + 15
@@ -572,15 +575,16 @@ class _SodHosts:
                 p.kill()
 
 
-_SOD_HOSTS = None
+_SOD_HOSTS = {}  # sodd arguments -> its host pair
 
 
-def _sod_hosts(cfg):
-    global _SOD_HOSTS
-    if _SOD_HOSTS is None:
-        _SOD_HOSTS = _SodHosts(cfg)
-        atexit.register(_SOD_HOSTS.stop)
-    return _SOD_HOSTS
+def _sod_hosts(cfg, sodd_args=()):
+    key = tuple(sodd_args)
+    if key not in _SOD_HOSTS:
+        hosts = _SodHosts(cfg, key, index=len(_SOD_HOSTS))
+        _SOD_HOSTS[key] = hosts
+        atexit.register(hosts.stop)
+    return _SOD_HOSTS[key]
 
 
 class _SodVm:
@@ -614,10 +618,15 @@ def sod_available(cfg):
                    "build/tools or PATH)")
 
 
+def _sodd_env(args_env):
+    """SOD_BENCH_X_ARGS -> SOD_BENCH_X_SODD_ARGS: the experiment's sodd arguments."""
+    return args_env[:-len("_ARGS")] + "_SODD_ARGS"
+
+
 def _sod_variant_available(env):
     def available(cfg):
-        if not os.environ.get(env):
-            return False, f"experiment mode skipped: {env} is not set"
+        if not os.environ.get(env) and not os.environ.get(_sodd_env(env)):
+            return False, f"experiment mode skipped: neither {env} nor {_sodd_env(env)} is set"
         return sod_available(cfg)
     return available
 
@@ -641,7 +650,8 @@ def run_sod(ctx, verify_ram=True, args_env=None):
     setup) as sod_command_s. Downtime: QEMU's (`qemu_downtime_ms`, comparable with the other
     modes); sod's source-stop -> destination-resume (incl. RAM digest and commit round trip) as
     sod_downtime_ms."""
-    cfg, hosts = ctx.cfg, _sod_hosts(ctx.cfg)
+    sodd_args = shlex.split(os.environ.get(_sodd_env(args_env), "")) if args_env else []
+    cfg, hosts = ctx.cfg, _sod_hosts(ctx.cfg, sodd_args)
     kernel = os.path.join(cfg.guest_dir, "vmlinux")
     if not (os.path.exists(kernel) and os.path.getsize(kernel) > 0):
         kernel = os.path.join(cfg.guest_dir, "vmlinuz")
@@ -685,7 +695,7 @@ def run_sod(ctx, verify_ram=True, args_env=None):
         cmd.append("--no-verify-ram")
     cmd += shlex.split(os.environ.get("SOD_BENCH_MIGRATE_ARGS", ""))  # experiments, e.g. --channels 1
     if args_env:  # the -x/-y modes: experiments interleaved with the plain sod modes
-        cmd += shlex.split(os.environ[args_env])
+        cmd += shlex.split(os.environ.get(args_env, ""))
     out_path = os.path.join(ctx.run_dir, "sod.out")
     with open(out_path, "w") as out, open(os.path.join(ctx.run_dir, "sod.err"), "w") as err:
         t0 = ctx.mark_start()
@@ -1050,7 +1060,8 @@ def main(argv):
             "tls": "tls-creds-x509, RSA-2048 throwaway CA/server/client certs, verify-peer=on both sides",
             # The experiments' `sodctl migrate` arguments (sod modes; -x and -y modes).
             "sod_migrate_args": {k: os.environ[k] for k in
-                                 ("SOD_BENCH_MIGRATE_ARGS", "SOD_BENCH_X_ARGS", "SOD_BENCH_Y_ARGS")
+                                 ("SOD_BENCH_MIGRATE_ARGS", "SOD_BENCH_X_ARGS", "SOD_BENCH_Y_ARGS",
+                                  "SOD_BENCH_X_SODD_ARGS", "SOD_BENCH_Y_SODD_ARGS")
                                  if os.environ.get(k)},
         },
         "runs": [],
@@ -1065,7 +1076,14 @@ def main(argv):
     try:
         for rep in range(1, cfg.reps + 1):
             for w in cfg.workload_order:
-                for m in modes:
+                # A fresh order each repetition and workload (seeded, so a run can be repeated):
+                # no mode always runs first, or always right after the same other one. With a
+                # fixed order, two sod modes with the same settings differed by 8% (heavy) and
+                # 40% (max) in one run (out/bench/q-feed3; BENCHMARKS.md section 3).
+                order = list(modes)
+                if rep > 1 or cfg.workload_order.index(w) > 0:
+                    random.Random(rep * 1000 + cfg.workload_order.index(w)).shuffle(order)
+                for m in order:
                     idx += 1
                     log(f"[{idx}/{total}] rep {rep} {w} {m} ...")
                     rec = one_run(cfg, rep, w, m, idx)
