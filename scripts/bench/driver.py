@@ -1075,14 +1075,14 @@ def main(argv):
     rc = 0
     try:
         for rep in range(1, cfg.reps + 1):
-            for w in cfg.workload_order:
+            for wi, w in enumerate(cfg.workload_order):
                 # A fresh order each repetition and workload (seeded, so a run can be repeated):
                 # no mode always runs first, or always right after the same other one. With a
                 # fixed order, two sod modes with the same settings differed by 8% (heavy) and
                 # 40% (max) in one run (out/bench/q-feed3; BENCHMARKS.md section 3).
                 order = list(modes)
-                if rep > 1 or cfg.workload_order.index(w) > 0:
-                    random.Random(rep * 1000 + cfg.workload_order.index(w)).shuffle(order)
+                if rep > 1 or wi > 0:
+                    random.Random(rep * 1000 + wi).shuffle(order)
                 for m in order:
                     idx += 1
                     log(f"[{idx}/{total}] rep {rep} {w} {m} ...")
